@@ -1,0 +1,383 @@
+//! The one-shot CLI commands and what they print: `check-config`, `resolve`, `status` and `once`.
+//! Output is a readable table for a terminal, or JSON on request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use comfy_table::presets::UTF8_BORDERS_ONLY;
+use comfy_table::{Cell, Table};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Auth, Config, Resolve};
+use crate::metrics::Metrics;
+use crate::platform::{Savepoint, State};
+use crate::runner::{self, Outcome};
+use crate::runtime::{self, App, Runtime};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no application named {0:?} in the config")]
+    UnknownApplication(String),
+    #[error(transparent)]
+    Runtime(#[from] runtime::Error),
+    #[error("the Kubernetes pod cache did not sync within {0:?}")]
+    NotSynced(Duration),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+/// How long a one-shot command waits for the pod caches.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY).set_header(header.to_vec());
+    t
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn age(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let secs = (now - t).num_seconds().max(0) as u64;
+    humantime::format_duration(Duration::from_secs(secs)).to_string()
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// check-config
+// ---------------------------------------------------------------------------------------------------------
+
+/// The effective plan: platforms, then per application its platform, schedule, timezone and next three
+/// slots. Never prints a secret: only where a token comes from.
+pub fn check_config(config: &Config, now: DateTime<Utc>) -> String {
+    let mut platforms = table(&["platform", "kind", "url", "resolve", "auth", "maxConcurrent"]);
+    for p in &config.platforms {
+        let resolve = match &p.resolve {
+            Resolve::Api => "api".to_owned(),
+            Resolve::Pods(r) => format!(
+                "pods in {} ({}; {} -> {})",
+                r.namespace, r.selector, r.name_label, r.id_label
+            ),
+        };
+        let auth = match &p.auth {
+            None => "none".to_owned(),
+            Some(Auth::TokenFile(path)) => format!("tokenFile {}", path.display()),
+            Some(Auth::TokenEnv(var)) => format!("tokenEnv {var}"),
+        };
+        platforms.add_row(vec![
+            p.name.clone(),
+            p.kind.to_string(),
+            p.url.to_string(),
+            resolve,
+            auth,
+            p.max_concurrent.to_string(),
+        ]);
+    }
+    let mut apps = table(&[
+        "application",
+        "platform",
+        "schedule",
+        "timezone",
+        "next runs",
+        "retention",
+    ]);
+    for a in &config.applications {
+        let next: Vec<String> = a
+            .schedule
+            .upcoming(now, a.timezone, 3)
+            .into_iter()
+            .map(|t| rfc3339(t.with_timezone(&a.timezone).with_timezone(&Utc)))
+            .collect();
+        let schedule = if a.paused {
+            format!("{} (paused)", a.schedule)
+        } else {
+            a.schedule.to_string()
+        };
+        apps.add_row(vec![
+            Cell::new(&a.name),
+            Cell::new(&config.platform_of(a).name),
+            Cell::new(schedule),
+            Cell::new(a.timezone.name()),
+            Cell::new(next.join("\n")),
+            Cell::new(if a.retention.is_enabled() {
+                "on"
+            } else {
+                "off"
+            }),
+        ]);
+    }
+    format!(
+        "config ok (sha256 {})\n\n{platforms}\n\n{apps}\n",
+        config.sha256
+    )
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Sessions for one-shot commands
+// ---------------------------------------------------------------------------------------------------------
+
+/// A runtime with its pod watches driven in the background, for a command that runs once.
+struct Session {
+    runtime: Runtime,
+    token: CancellationToken,
+}
+
+impl Session {
+    async fn open(config: &Config) -> Result<Session> {
+        let token = CancellationToken::new();
+        let metrics = Metrics::new();
+        let (runtime, watchers) = Runtime::connect(config, metrics, &token).await?;
+        for w in watchers {
+            tokio::spawn(w);
+        }
+        let synced = tokio::time::timeout(SYNC_TIMEOUT, runtime.wait_synced(&token)).await;
+        if !matches!(synced, Ok(true)) {
+            token.cancel();
+            return Err(Error::NotSynced(SYNC_TIMEOUT));
+        }
+        Ok(Session { runtime, token })
+    }
+
+    fn select(&self, names: &[String]) -> Result<Vec<Arc<App>>> {
+        if names.is_empty() {
+            return Ok(self.runtime.apps.clone());
+        }
+        names
+            .iter()
+            .map(|n| {
+                self.runtime
+                    .app(n)
+                    .cloned()
+                    .ok_or_else(|| Error::UnknownApplication(n.clone()))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// resolve
+// ---------------------------------------------------------------------------------------------------------
+
+/// How a name resolves and from which source. `Ok((text, false))` when it does not resolve.
+pub async fn resolve(config: &Config, name: &str) -> Result<(String, bool)> {
+    let session = Session::open(config).await?;
+    let app = session.select(&[name.to_owned()])?.remove(0);
+    Ok(match app.resolver.resolve(name).await {
+        Ok(t) => (
+            format!(
+                "{name} -> {}\n  platform: {}\n  source:   {}\n",
+                t.id, app.platform_name, t.source
+            ),
+            true,
+        ),
+        Err(e) => (
+            format!(
+                "{name} does not resolve on platform {}: {e}\n",
+                app.platform_name
+            ),
+            false,
+        ),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// status
+// ---------------------------------------------------------------------------------------------------------
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppStatus {
+    pub application: String,
+    pub platform: String,
+    pub paused: bool,
+    pub resolved_id: Option<String>,
+    pub error: Option<String>,
+    pub last_completed: Option<Savepoint>,
+    pub in_flight: Vec<Savepoint>,
+    pub last_failed: Option<Savepoint>,
+    pub next_run: Option<DateTime<Utc>>,
+}
+
+/// Per application: resolved id, last completed savepoint and its age, savepoints in flight, the last
+/// failure, and the next run. `ok` is false when any application could not be read.
+pub async fn status(config: &Config, output: Output) -> Result<(String, bool)> {
+    let session = Session::open(config).await?;
+    let now = Utc::now();
+    let statuses = futures::future::join_all(
+        session
+            .runtime
+            .apps
+            .iter()
+            .map(|app| app_status(app.clone(), now)),
+    )
+    .await;
+    let ok = statuses.iter().all(|s| s.error.is_none());
+    let text = match output {
+        Output::Json => serde_json::to_string_pretty(&statuses).expect("status serialises") + "\n",
+        Output::Table => {
+            let mut t = table(&[
+                "application",
+                "platform",
+                "id",
+                "last completed",
+                "in flight",
+                "last failure",
+                "next run",
+            ]);
+            for s in &statuses {
+                let id = match (&s.resolved_id, &s.error) {
+                    (Some(id), _) => id.clone(),
+                    (None, Some(e)) => format!("error: {e}"),
+                    (None, None) => "-".into(),
+                };
+                let last = s.last_completed.as_ref().map_or("never".into(), |sp| {
+                    format!("{} ({} ago)", rfc3339(sp.created_at), age(sp.created_at, now))
+                });
+                let flying = if s.in_flight.is_empty() {
+                    "-".into()
+                } else {
+                    s.in_flight
+                        .iter()
+                        .map(|sp| format!("{} since {}", sp.id, age(sp.created_at, now)))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                };
+                let failed = s.last_failed.as_ref().map_or("-".into(), |sp| {
+                    format!(
+                        "{} ago: {}",
+                        age(sp.created_at, now),
+                        sp.failure.as_deref().unwrap_or("no message")
+                    )
+                });
+                let next = if s.paused {
+                    "paused".into()
+                } else {
+                    s.next_run.map_or("-".into(), rfc3339)
+                };
+                t.add_row(vec![
+                    s.application.clone(),
+                    s.platform.clone(),
+                    id,
+                    last,
+                    flying,
+                    failed,
+                    next,
+                ]);
+            }
+            format!("{t}\n")
+        }
+    };
+    Ok((text, ok))
+}
+
+async fn app_status(app: Arc<App>, now: DateTime<Utc>) -> AppStatus {
+    let c = &app.config;
+    let mut s = AppStatus {
+        application: c.name.clone(),
+        platform: app.platform_name.clone(),
+        paused: c.paused,
+        resolved_id: None,
+        error: None,
+        last_completed: None,
+        in_flight: Vec::new(),
+        last_failed: None,
+        next_run: c.schedule.next_after(now, c.timezone),
+    };
+    let target = match app.resolver.resolve(&c.name).await {
+        Ok(t) => t,
+        Err(e) => {
+            s.error = Some(e.to_string());
+            return s;
+        }
+    };
+    s.resolved_id = Some(target.id.clone());
+    match app.platform.list(&target).await {
+        Ok(mut history) => {
+            history.sort_by_key(|sp| sp.created_at);
+            let newest = |state: State| history.iter().rev().find(|sp| sp.state == state).cloned();
+            s.last_completed = newest(State::Completed);
+            s.last_failed = newest(State::Failed);
+            s.in_flight = history
+                .iter()
+                .filter(|sp| sp.state.is_in_flight())
+                .cloned()
+                .collect();
+        }
+        Err(e) => s.error = Some(e.to_string()),
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// once
+// ---------------------------------------------------------------------------------------------------------
+
+/// One pass now over the selected applications (all when none is named). The slot is the current
+/// second, so a second `once` in the same second does not trigger twice. `ok` is false when any run
+/// failed or a name did not resolve.
+pub async fn once(config: &Config, names: &[String], dry_run: bool) -> Result<(String, bool)> {
+    let session = Session::open(config).await?;
+    let apps = session.select(names)?;
+    let slot = DateTime::from_timestamp(Utc::now().timestamp(), 0).expect("now is representable");
+    let mut t = table(&["application", "outcome", "savepoint", "detail"]);
+    let mut ok = true;
+    if dry_run {
+        for app in apps {
+            let (outcome, detail) = match app.resolver.resolve(&app.config.name).await {
+                Ok(target) if app.config.paused => ("would skip".into(), format!("paused ({})", target.id)),
+                Ok(target) => match app.platform.list(&target).await {
+                    Ok(h) => match h.iter().find(|s| s.state.is_in_flight()) {
+                        Some(s) => ("would skip".into(), format!("savepoint {} in flight", s.id)),
+                        None => ("would trigger".into(), format!("deployment {}", target.id)),
+                    },
+                    Err(e) => {
+                        ok = false;
+                        ("error".to_owned(), e.to_string())
+                    }
+                },
+                Err(e) => {
+                    ok = false;
+                    ("unresolved".to_owned(), e.to_string())
+                }
+            };
+            t.add_row(vec![app.config.name.clone(), outcome, "-".into(), detail]);
+        }
+        return Ok((format!("dry run: nothing was triggered\n{t}\n"), ok));
+    }
+    let token = session.token.clone();
+    let outcomes = futures::future::join_all(apps.iter().map(|app| {
+        let token = token.clone();
+        async move { runner::run_slot(app, slot, &token).await }
+    }))
+    .await;
+    for (app, outcome) in apps.iter().zip(outcomes) {
+        ok &= outcome.is_ok();
+        let (what, id, detail) = match outcome {
+            Outcome::Completed { savepoint, adopted } => (
+                if adopted { "completed (adopted)" } else { "completed" },
+                savepoint.id,
+                savepoint.location.unwrap_or_default(),
+            ),
+            Outcome::AlreadyDone(s) => ("already done", s.id, "this slot has its savepoint".into()),
+            Outcome::Skipped(skip) => ("skipped", "-".into(), format!("{}: {skip}", skip.category())),
+            Outcome::Failed(f) => ("failed", "-".into(), f.to_string()),
+        };
+        t.add_row(vec![app.config.name.clone(), what.into(), id, detail]);
+    }
+    Ok((format!("{t}\n"), ok))
+}

@@ -1,0 +1,1064 @@
+//! The configuration: the YAML file (plus `SAVEPOINTD_*` environment overrides) as the operator writes it,
+//! and its validation into the typed [`Config`] the daemon runs on.
+//!
+//! Loading is two steps. serde reads the file shape ([`File`]) and rejects unknown fields; then
+//! [`File::validate`] parses every schedule, timezone and duration, resolves defaults and platform
+//! references, and collects *every* problem with its field path, so an operator fixes a config in one pass.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono_tz::Tz;
+use figment::Figment;
+use figment::providers::{Env, Format, Yaml};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::schedule::Schedule;
+
+/// Environment variables starting with this prefix override file values; `__` separates levels.
+pub const ENV_PREFIX: &str = "SAVEPOINTD_";
+
+/// One problem in a config, located by its field path (`applications[2].schedule`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub value: Option<String>,
+    pub reason: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.value {
+            Some(value) => write!(f, "{}: {:?}: {}", self.path, value, self.reason),
+            None => write!(f, "{}: {}", self.path, self.reason),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config ({} problem{}):\n{}", .0.len(), if .0.len() == 1 { "" } else { "s" }, list(.0))]
+    Invalid(Vec<Problem>),
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+// ---------------------------------------------------------------------------------------------------------
+// The file shape, as serde reads it.
+// ---------------------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct File {
+    #[serde(default)]
+    pub server: ServerFile,
+    #[serde(default)]
+    pub kubernetes: KubernetesFile,
+    #[serde(default)]
+    pub defaults: DefaultsFile,
+    #[serde(default)]
+    pub platforms: Vec<PlatformFile>,
+    #[serde(default)]
+    pub applications: Vec<ApplicationFile>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServerFile {
+    pub listen: Option<String>,
+    /// How long in-flight savepoint waits may go on after SIGTERM before they are abandoned.
+    pub shutdown_grace: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KubernetesFile {
+    /// Absent: in-cluster service account, else `KUBECONFIG` / `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DefaultsFile {
+    pub schedule: Option<String>,
+    pub timezone: Option<String>,
+    pub timeout: Option<String>,
+    pub format_type: Option<String>,
+    pub retry: Option<RetryFile>,
+    pub retention: Option<RetentionFile>,
+    pub starting_deadline: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RetryFile {
+    pub max_attempts: Option<u32>,
+    pub backoff: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RetentionFile {
+    pub keep_last: Option<u32>,
+    pub keep_within: Option<String>,
+    pub keep_hourly: Option<u32>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
+    pub keep_monthly: Option<u32>,
+    pub min_keep: Option<u32>,
+    pub scope: Option<String>,
+    pub max_deletions_per_run: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PlatformFile {
+    pub name: String,
+    pub kind: String,
+    pub url: String,
+    pub namespace: Option<String>,
+    pub auth: Option<AuthFile>,
+    pub tls: Option<TlsFile>,
+    pub max_concurrent: Option<usize>,
+    pub request_timeout: Option<String>,
+    pub resolve: Option<ResolveFile>,
+    pub target_directory: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthFile {
+    pub token_file: Option<PathBuf>,
+    pub token_env: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TlsFile {
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ResolveFile {
+    pub via: Option<String>,
+    pub kubernetes_namespace: Option<String>,
+    pub name_label: Option<String>,
+    pub id_label: Option<String>,
+    pub selector: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ApplicationFile {
+    pub name: String,
+    pub platform: Option<String>,
+    pub schedule: Option<String>,
+    pub timezone: Option<String>,
+    pub timeout: Option<String>,
+    pub format_type: Option<String>,
+    pub retry: Option<RetryFile>,
+    pub retention: Option<RetentionFile>,
+    pub starting_deadline: Option<String>,
+    #[serde(default)]
+    pub paused: bool,
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The validated config.
+// ---------------------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: Server,
+    pub kubernetes: Kubernetes,
+    pub platforms: Vec<Platform>,
+    pub applications: Vec<Application>,
+    /// SHA-256 of the effective config, exported as `config_info{sha256}`.
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub listen: SocketAddr,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Kubernetes {
+    pub kubeconfig: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlatformKind {
+    Vvp,
+    Flink,
+}
+
+impl fmt::Display for PlatformKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PlatformKind::Vvp => "vvp",
+            PlatformKind::Flink => "flink",
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Platform {
+    pub name: String,
+    pub kind: PlatformKind,
+    pub url: reqwest::Url,
+    /// The VVP namespace (`default` unless set).
+    pub namespace: String,
+    pub auth: Option<Auth>,
+    pub ca_file: Option<PathBuf>,
+    pub insecure: bool,
+    pub max_concurrent: usize,
+    pub request_timeout: Duration,
+    pub resolve: Resolve,
+    pub target_directory: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Auth {
+    TokenFile(PathBuf),
+    TokenEnv(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolve {
+    /// Through the platform's own API (VVP deployments, Flink's job overview).
+    Api,
+    /// Through Kubernetes pod labels, from a watch cache.
+    Pods(PodResolve),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodResolve {
+    pub namespace: String,
+    pub name_label: String,
+    pub id_label: String,
+    pub selector: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum FormatType {
+    Canonical,
+    Native,
+}
+
+impl fmt::Display for FormatType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FormatType::Canonical => "CANONICAL",
+            FormatType::Native => "NATIVE",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    /// Savepoints tried for one slot, the first included.
+    pub max_attempts: u32,
+    /// Wait before the second attempt; doubles for each further one.
+    pub backoff: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Scope {
+    Managed,
+    UserRequested,
+    All,
+}
+
+/// Retention policy. Keep rules form a union; with none set, retention is off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    pub keep_last: u32,
+    pub keep_within: Option<Duration>,
+    pub keep_hourly: u32,
+    pub keep_daily: u32,
+    pub keep_weekly: u32,
+    pub keep_monthly: u32,
+    pub min_keep: u32,
+    pub scope: Scope,
+    pub max_deletions_per_run: u32,
+}
+
+impl Retention {
+    /// No keep rule at all means nobody asked savepointd to delete anything.
+    pub fn is_enabled(&self) -> bool {
+        self.keep_last > 0
+            || self.keep_within.is_some()
+            || self.keep_hourly > 0
+            || self.keep_daily > 0
+            || self.keep_weekly > 0
+            || self.keep_monthly > 0
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Application {
+    pub name: String,
+    /// Index into [`Config::platforms`].
+    pub platform: usize,
+    pub schedule: Schedule,
+    pub timezone: Tz,
+    pub timeout: Duration,
+    pub format_type: FormatType,
+    pub retry: Retry,
+    pub retention: Retention,
+    /// A slot missed by less than this when the daemon starts is still run (a restart at 01:00:05 must not
+    /// lose the nightly savepoint); the platform's records decide whether it already has its savepoint.
+    pub starting_deadline: Duration,
+    pub paused: bool,
+}
+
+impl Config {
+    pub fn platform_of(&self, app: &Application) -> &Platform {
+        &self.platforms[app.platform]
+    }
+
+    pub fn application(&self, name: &str) -> Option<&Application> {
+        self.applications.iter().find(|a| a.name == name)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Loading.
+// ---------------------------------------------------------------------------------------------------------
+
+/// Loads the file at `path`, applies `SAVEPOINTD_*` overrides from the process environment, and validates.
+pub fn load(path: &Path) -> Result<Config> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    from_figment(Figment::from(Yaml::string(&text)).merge(env_overrides()))
+}
+
+/// Parses and validates a YAML document without environment overrides (for tests and `check-config` of
+/// rendered manifests).
+pub fn from_yaml(yaml: &str) -> Result<Config> {
+    from_figment(Figment::from(Yaml::string(yaml)))
+}
+
+fn from_figment(figment: Figment) -> Result<Config> {
+    let file: File = figment
+        .extract()
+        .map_err(|e| Error::Invalid(e.into_iter().map(figment_problem).collect()))?;
+    file.validate()
+}
+
+/// `SAVEPOINTD_DEFAULTS__FORMAT_TYPE=NATIVE` becomes `defaults.formatType`.
+fn env_overrides() -> Env {
+    Env::prefixed(ENV_PREFIX)
+        .ignore(&["CONFIG"])
+        .map(|key| {
+            key.as_str()
+                .split("__")
+                .map(camel_case)
+                .collect::<Vec<_>>()
+                .join(".")
+                .into()
+        })
+        .lowercase(false)
+}
+
+fn camel_case(snake: &str) -> String {
+    let mut out = String::with_capacity(snake.len());
+    for (i, word) in snake.split('_').filter(|w| !w.is_empty()).enumerate() {
+        let word = word.to_ascii_lowercase();
+        if i == 0 {
+            out.push_str(&word);
+        } else {
+            let mut chars = word.chars();
+            out.extend(chars.next().map(|c| c.to_ascii_uppercase()));
+            out.push_str(chars.as_str());
+        }
+    }
+    out
+}
+
+fn figment_problem(error: figment::Error) -> Problem {
+    use figment::error::Kind;
+    let mut path = field_path(&error.path);
+    let (value, reason) = match &error.kind {
+        Kind::UnknownField(field, expected) => {
+            path = join(&path, field);
+            (
+                None,
+                format!("unknown field; expected one of: {}", expected.join(", ")),
+            )
+        }
+        Kind::MissingField(field) => {
+            path = join(&path, field);
+            (None, "missing required field".to_owned())
+        }
+        Kind::InvalidType(actual, expected) => {
+            (Some(actual.to_string()), format!("expected {expected}"))
+        }
+        Kind::InvalidValue(actual, expected) => {
+            (Some(actual.to_string()), format!("expected {expected}"))
+        }
+        other => (None, other.to_string()),
+    };
+    Problem {
+        path: if path.is_empty() {
+            "<root>".into()
+        } else {
+            path
+        },
+        value,
+        reason,
+    }
+}
+
+/// `["applications", "2", "schedule"]` becomes `applications[2].schedule`.
+fn field_path(segments: &[String]) -> String {
+    segments.iter().fold(String::new(), |acc, s| join(&acc, s))
+}
+
+fn join(path: &str, segment: &str) -> String {
+    if segment.parse::<usize>().is_ok() {
+        format!("{path}[{segment}]")
+    } else if path.is_empty() {
+        segment.to_owned()
+    } else {
+        format!("{path}.{segment}")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Validation.
+// ---------------------------------------------------------------------------------------------------------
+
+const DEFAULT_LISTEN: &str = "0.0.0.0:9090";
+const DEFAULT_SCHEDULE: &str = "0 1 * * *";
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+const DEFAULT_BACKOFF: Duration = Duration::from_secs(30);
+const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+const DEFAULT_STARTING_DEADLINE: Duration = Duration::from_secs(5 * 60);
+const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_MAX_CONCURRENT: usize = 8;
+const DEFAULT_MAX_DELETIONS_PER_RUN: u32 = 20;
+
+/// Collects problems while validation goes on, so all of them are reported at once.
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn push(&mut self, path: impl Into<String>, value: Option<&str>, reason: impl Into<String>) {
+        self.0.push(Problem {
+            path: path.into(),
+            value: value.map(str::to_owned),
+            reason: reason.into(),
+        });
+    }
+
+    fn duration(&mut self, path: String, value: Option<&str>, default: Duration) -> Duration {
+        match value {
+            None => default,
+            Some(text) => match humantime::parse_duration(text) {
+                Ok(d) if d.is_zero() => {
+                    self.push(path, Some(text), "must be greater than zero");
+                    default
+                }
+                Ok(d) => d,
+                Err(e) => {
+                    self.push(
+                        path,
+                        Some(text),
+                        format!("not a duration ({e}); examples: 30s, 15m, 6h, 30d"),
+                    );
+                    default
+                }
+            },
+        }
+    }
+}
+
+impl File {
+    pub fn validate(&self) -> Result<Config> {
+        let mut problems = Problems::default();
+
+        let listen_text = self.server.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen = listen_text.parse().unwrap_or_else(|_| {
+            problems.push(
+                "server.listen",
+                Some(listen_text),
+                "expected an address like 0.0.0.0:9090",
+            );
+            SocketAddr::from(([0, 0, 0, 0], 9090))
+        });
+        let server = Server {
+            listen,
+            shutdown_grace: problems.duration(
+                "server.shutdownGrace".into(),
+                self.server.shutdown_grace.as_deref(),
+                DEFAULT_SHUTDOWN_GRACE,
+            ),
+        };
+
+        let platforms: Vec<Platform> = self
+            .platforms
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.validate(&format!("platforms[{i}]"), &mut problems))
+            .collect();
+        let mut seen = BTreeMap::new();
+        for (i, p) in self.platforms.iter().enumerate() {
+            if let Some(first) = seen.insert(p.name.as_str(), i) {
+                problems.push(
+                    format!("platforms[{i}].name"),
+                    Some(&p.name),
+                    format!("duplicate platform name (also platforms[{first}])"),
+                );
+            }
+        }
+        if self.platforms.is_empty() {
+            problems.push("platforms", None, "at least one platform is required");
+        }
+
+        let defaults = &self.defaults;
+        let mut seen = BTreeMap::new();
+        let mut applications = Vec::with_capacity(self.applications.len());
+        for (i, app) in self.applications.iter().enumerate() {
+            let path = format!("applications[{i}]");
+            if app.name.trim().is_empty() {
+                problems.push(format!("{path}.name"), Some(&app.name), "must not be empty");
+            }
+            if let Some(first) = seen.insert(app.name.as_str(), i) {
+                problems.push(
+                    format!("{path}.name"),
+                    Some(&app.name),
+                    format!("duplicate application name (also applications[{first}])"),
+                );
+            }
+            if let Some(a) = app.validate(&path, defaults, &self.platforms, &mut problems) {
+                applications.push(a);
+            }
+        }
+        // The defaults are checked even when no application uses one of them, so that a typo in a
+        // rarely-inherited default is caught now, not when it is first inherited.
+        ApplicationFile {
+            name: "defaults".into(),
+            ..Default::default()
+        }
+        .validate_fields("defaults", defaults, &mut problems);
+
+        if !problems.0.is_empty() {
+            // An application that inherits a bad default reports it under `defaults.*`; say it once.
+            let mut unique: Vec<Problem> = Vec::new();
+            for p in problems.0 {
+                if !unique.contains(&p) {
+                    unique.push(p);
+                }
+            }
+            return Err(Error::Invalid(unique));
+        }
+        let sha256 = hex(&Sha256::digest(
+            serde_json::to_vec(self).expect("config serialises"),
+        ));
+        Ok(Config {
+            server,
+            kubernetes: Kubernetes {
+                kubeconfig: self.kubernetes.kubeconfig.clone(),
+            },
+            platforms,
+            applications,
+            sha256,
+        })
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl PlatformFile {
+    fn validate(&self, path: &str, problems: &mut Problems) -> Option<Platform> {
+        let before = problems.0.len();
+        if self.name.trim().is_empty() {
+            problems.push(format!("{path}.name"), Some(&self.name), "must not be empty");
+        }
+        let kind = match self.kind.as_str() {
+            "vvp" => Some(PlatformKind::Vvp),
+            "flink" => Some(PlatformKind::Flink),
+            "cmf" => {
+                problems.push(
+                    format!("{path}.kind"),
+                    Some(&self.kind),
+                    "the cmf platform is not available in this version; use vvp or flink",
+                );
+                None
+            }
+            other => {
+                problems.push(
+                    format!("{path}.kind"),
+                    Some(other),
+                    "expected one of: vvp, flink, cmf",
+                );
+                None
+            }
+        };
+        let url = match reqwest::Url::parse(&self.url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u),
+            Ok(_) => {
+                problems.push(
+                    format!("{path}.url"),
+                    Some(&self.url),
+                    "expected an http:// or https:// URL",
+                );
+                None
+            }
+            Err(e) => {
+                problems.push(
+                    format!("{path}.url"),
+                    Some(&self.url),
+                    format!("not a URL ({e})"),
+                );
+                None
+            }
+        };
+        let auth = self.auth.as_ref().and_then(|a| {
+            match (&a.token_file, &a.token_env) {
+                (Some(file), None) => Some(Auth::TokenFile(file.clone())),
+                (None, Some(var)) => Some(Auth::TokenEnv(var.clone())),
+                (Some(_), Some(_)) => {
+                    problems.push(
+                        format!("{path}.auth"),
+                        None,
+                        "set either tokenFile or tokenEnv, not both",
+                    );
+                    None
+                }
+                (None, None) => {
+                    problems.push(format!("{path}.auth"), None, "set tokenFile or tokenEnv");
+                    None
+                }
+            }
+        });
+        let max_concurrent = self.max_concurrent.unwrap_or(DEFAULT_MAX_CONCURRENT);
+        if max_concurrent == 0 {
+            problems.push(
+                format!("{path}.maxConcurrent"),
+                Some("0"),
+                "must be at least 1",
+            );
+        }
+        let request_timeout = problems.duration(
+            format!("{path}.requestTimeout"),
+            self.request_timeout.as_deref(),
+            DEFAULT_REQUEST_TIMEOUT,
+        );
+        let resolve = self.validate_resolve(path, kind, problems);
+        let target_directory = match (kind, &self.target_directory) {
+            (Some(PlatformKind::Flink), None) => {
+                problems.push(
+                    format!("{path}.targetDirectory"),
+                    None,
+                    "required for kind flink (savepoints go to <targetDirectory>/<application>/)",
+                );
+                None
+            }
+            (Some(PlatformKind::Vvp), Some(dir)) => {
+                problems.push(
+                    format!("{path}.targetDirectory"),
+                    Some(dir),
+                    "only for kind flink; VVP chooses the savepoint location itself",
+                );
+                None
+            }
+            (_, dir) => dir.clone(),
+        };
+        if problems.0.len() > before {
+            return None;
+        }
+        Some(Platform {
+            name: self.name.clone(),
+            kind: kind?,
+            url: url?,
+            namespace: self.namespace.clone().unwrap_or_else(|| "default".into()),
+            auth,
+            ca_file: self.tls.as_ref().and_then(|t| t.ca_file.clone()),
+            insecure: self.tls.as_ref().is_some_and(|t| t.insecure),
+            max_concurrent,
+            request_timeout,
+            resolve: resolve?,
+            target_directory,
+        })
+    }
+
+    fn validate_resolve(
+        &self,
+        path: &str,
+        kind: Option<PlatformKind>,
+        problems: &mut Problems,
+    ) -> Option<Resolve> {
+        let r = self.resolve.clone().unwrap_or_default();
+        let default_via = match kind {
+            Some(PlatformKind::Vvp) => "pods",
+            _ => "api",
+        };
+        match r.via.as_deref().unwrap_or(default_via) {
+            "api" => {
+                let pod_fields = [
+                    ("kubernetesNamespace", &r.kubernetes_namespace),
+                    ("nameLabel", &r.name_label),
+                    ("idLabel", &r.id_label),
+                    ("selector", &r.selector),
+                ];
+                for (field, value) in pod_fields {
+                    if let Some(value) = value {
+                        problems.push(
+                            format!("{path}.resolve.{field}"),
+                            Some(value),
+                            "only used with via: pods",
+                        );
+                    }
+                }
+                Some(Resolve::Api)
+            }
+            "pods" if kind == Some(PlatformKind::Flink) => {
+                problems.push(
+                    format!("{path}.resolve.via"),
+                    Some("pods"),
+                    "kind flink resolves job names through the JobManager API; use via: api",
+                );
+                None
+            }
+            "pods" => {
+                let selector = r
+                    .selector
+                    .unwrap_or_else(|| "system=ververica-platform".into());
+                if let Err(reason) = check_selector(&selector) {
+                    problems.push(
+                        format!("{path}.resolve.selector"),
+                        Some(&selector),
+                        reason,
+                    );
+                }
+                Some(Resolve::Pods(PodResolve {
+                    namespace: r.kubernetes_namespace.unwrap_or_else(|| "default".into()),
+                    name_label: r.name_label.unwrap_or_else(|| "deploymentName".into()),
+                    id_label: r.id_label.unwrap_or_else(|| "deploymentId".into()),
+                    selector,
+                }))
+            }
+            other => {
+                problems.push(
+                    format!("{path}.resolve.via"),
+                    Some(other),
+                    "expected pods or api",
+                );
+                None
+            }
+        }
+    }
+}
+
+/// A light syntax check of a Kubernetes label selector, so a typo fails at load and not as a 400 from
+/// the API server after the daemon started.
+fn check_selector(selector: &str) -> Result<(), String> {
+    let mut depth = 0i32;
+    let mut term = String::new();
+    let mut terms = Vec::new();
+    for c in selector.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                terms.push(std::mem::take(&mut term));
+                continue;
+            }
+            _ => {}
+        }
+        term.push(c);
+    }
+    terms.push(term);
+    if depth != 0 {
+        return Err("unbalanced parentheses".into());
+    }
+    for term in terms {
+        let term = term.trim();
+        if term.is_empty() {
+            return Err("empty term".into());
+        }
+        let key = term
+            .split(['=', '!', ' '])
+            .find(|s| !s.is_empty())
+            .unwrap_or_default();
+        if key.is_empty()
+            || !key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+        {
+            return Err(format!("bad label key in {term:?}"));
+        }
+    }
+    Ok(())
+}
+
+impl ApplicationFile {
+    fn validate(
+        &self,
+        path: &str,
+        defaults: &DefaultsFile,
+        platforms: &[PlatformFile],
+        problems: &mut Problems,
+    ) -> Option<Application> {
+        let before = problems.0.len();
+        let platform = match &self.platform {
+            Some(name) => platforms.iter().position(|p| &p.name == name).or_else(|| {
+                let known: Vec<_> = platforms.iter().map(|p| p.name.as_str()).collect();
+                problems.push(
+                    format!("{path}.platform"),
+                    Some(name),
+                    format!("no such platform; configured: {}", known.join(", ")),
+                );
+                None
+            }),
+            None if platforms.len() == 1 => Some(0),
+            None => {
+                if platforms.len() > 1 {
+                    problems.push(
+                        format!("{path}.platform"),
+                        None,
+                        "required when more than one platform is configured",
+                    );
+                }
+                None
+            }
+        };
+        let fields = self.validate_fields(path, defaults, problems);
+        if problems.0.len() > before {
+            return None;
+        }
+        let (schedule, timezone, timeout, format_type, retry, retention, starting_deadline) =
+            fields?;
+        Some(Application {
+            name: self.name.clone(),
+            platform: platform?,
+            schedule,
+            timezone,
+            timeout,
+            format_type,
+            retry,
+            retention,
+            starting_deadline,
+            paused: self.paused,
+        })
+    }
+
+    /// Validates the inheritable fields. Each comes from the application if set there (its path then
+    /// names the application) and from `defaults` otherwise (its path then names `defaults`).
+    #[allow(clippy::type_complexity)]
+    fn validate_fields(
+        &self,
+        path: &str,
+        defaults: &DefaultsFile,
+        problems: &mut Problems,
+    ) -> Option<(
+        Schedule,
+        Tz,
+        Duration,
+        FormatType,
+        Retry,
+        Retention,
+        Duration,
+    )> {
+        let before = problems.0.len();
+        let pick = |own: &Option<String>, inherited: &Option<String>, field: &str| {
+            match (own, inherited) {
+                (Some(v), _) => Some((format!("{path}.{field}"), v.clone())),
+                (None, Some(v)) => Some((format!("defaults.{field}"), v.clone())),
+                (None, None) => None,
+            }
+        };
+
+        let schedule = match pick(&self.schedule, &defaults.schedule, "schedule") {
+            Some((p, text)) => Schedule::parse(&text, &self.name).map_err(|reason| {
+                problems.push(p, Some(&text), reason);
+            }),
+            None => Ok(Schedule::parse(DEFAULT_SCHEDULE, &self.name).expect("default parses")),
+        };
+        let timezone = match pick(&self.timezone, &defaults.timezone, "timezone") {
+            Some((p, text)) => text.parse::<Tz>().map_err(|_| {
+                problems.push(
+                    p,
+                    Some(&text),
+                    "not an IANA timezone name (examples: UTC, Europe/Berlin, America/New_York)",
+                );
+            }),
+            None => Ok(Tz::UTC),
+        };
+        let timeout = match pick(&self.timeout, &defaults.timeout, "timeout") {
+            Some((p, text)) => problems.duration(p, Some(&text), DEFAULT_TIMEOUT),
+            None => DEFAULT_TIMEOUT,
+        };
+        let starting_deadline = match pick(
+            &self.starting_deadline,
+            &defaults.starting_deadline,
+            "startingDeadline",
+        ) {
+            Some((p, text)) => problems.duration(p, Some(&text), DEFAULT_STARTING_DEADLINE),
+            None => DEFAULT_STARTING_DEADLINE,
+        };
+        let format_type = match pick(&self.format_type, &defaults.format_type, "formatType") {
+            Some((_, t)) if t == "CANONICAL" => FormatType::Canonical,
+            Some((_, t)) if t == "NATIVE" => FormatType::Native,
+            Some((p, t)) => {
+                problems.push(p, Some(&t), "expected CANONICAL or NATIVE");
+                FormatType::Canonical
+            }
+            None => FormatType::Canonical,
+        };
+        let retry = validate_retry(path, self.retry.as_ref(), defaults.retry.as_ref(), problems);
+        let retention = validate_retention(
+            path,
+            self.retention.as_ref(),
+            defaults.retention.as_ref(),
+            problems,
+        );
+        if problems.0.len() > before {
+            return None;
+        }
+        Some((
+            schedule.ok()?,
+            timezone.ok()?,
+            timeout,
+            format_type,
+            retry,
+            retention,
+            starting_deadline,
+        ))
+    }
+}
+
+/// Picks one field of a nested block (`retry`, `retention`) from the application, else from defaults,
+/// with the path of wherever it came from.
+fn field<'a, B, T: Clone + 'a>(
+    path: &str,
+    block: &str,
+    own: Option<&'a B>,
+    defaults: Option<&'a B>,
+    name: &str,
+    get: impl Fn(&'a B) -> &'a Option<T>,
+) -> Option<(String, T)> {
+    if let Some(v) = own.and_then(|b| get(b).clone()) {
+        return Some((format!("{path}.{block}.{name}"), v));
+    }
+    defaults
+        .and_then(|b| get(b).clone())
+        .map(|v| (format!("defaults.{block}.{name}"), v))
+}
+
+fn validate_retry(
+    path: &str,
+    own: Option<&RetryFile>,
+    defaults: Option<&RetryFile>,
+    problems: &mut Problems,
+) -> Retry {
+    let max_attempts = match field(path, "retry", own, defaults, "maxAttempts", |r| {
+        &r.max_attempts
+    }) {
+        Some((p, 0)) => {
+            problems.push(p, Some("0"), "must be at least 1 (the first attempt counts)");
+            DEFAULT_MAX_ATTEMPTS
+        }
+        Some((_, n)) => n,
+        None => DEFAULT_MAX_ATTEMPTS,
+    };
+    let backoff = match field(path, "retry", own, defaults, "backoff", |r| &r.backoff) {
+        Some((p, text)) => problems.duration(p, Some(&text), DEFAULT_BACKOFF),
+        None => DEFAULT_BACKOFF,
+    };
+    Retry {
+        max_attempts,
+        backoff,
+    }
+}
+
+fn validate_retention(
+    path: &str,
+    own: Option<&RetentionFile>,
+    defaults: Option<&RetentionFile>,
+    problems: &mut Problems,
+) -> Retention {
+    let count = |name: &str, get: fn(&RetentionFile) -> &Option<u32>| {
+        field(path, "retention", own, defaults, name, get).map_or(0, |(_, v)| v)
+    };
+    let keep_within = field(path, "retention", own, defaults, "keepWithin", |r| {
+        &r.keep_within
+    })
+    .map(|(p, text)| problems.duration(p, Some(&text), Duration::ZERO));
+    let min_keep = match field(path, "retention", own, defaults, "minKeep", |r| &r.min_keep) {
+        Some((p, 0)) => {
+            problems.push(
+                p,
+                Some("0"),
+                "must be at least 1: the newest completed savepoint is always kept",
+            );
+            1
+        }
+        Some((_, n)) => n,
+        None => 1,
+    };
+    let scope = match field(path, "retention", own, defaults, "scope", |r| &r.scope) {
+        None => Scope::Managed,
+        Some((_, s)) if s == "managed" => Scope::Managed,
+        Some((_, s)) if s == "userRequested" => Scope::UserRequested,
+        Some((_, s)) if s == "all" => Scope::All,
+        Some((p, s)) => {
+            problems.push(p, Some(&s), "expected managed, userRequested or all");
+            Scope::Managed
+        }
+    };
+    let max_deletions_per_run = match field(
+        path,
+        "retention",
+        own,
+        defaults,
+        "maxDeletionsPerRun",
+        |r| &r.max_deletions_per_run,
+    ) {
+        Some((_, n)) => n,
+        None => DEFAULT_MAX_DELETIONS_PER_RUN,
+    };
+    Retention {
+        keep_last: count("keepLast", |r| &r.keep_last),
+        keep_within,
+        keep_hourly: count("keepHourly", |r| &r.keep_hourly),
+        keep_daily: count("keepDaily", |r| &r.keep_daily),
+        keep_weekly: count("keepWeekly", |r| &r.keep_weekly),
+        keep_monthly: count("keepMonthly", |r| &r.keep_monthly),
+        min_keep,
+        scope,
+        max_deletions_per_run,
+    }
+}

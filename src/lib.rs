@@ -1,0 +1,128 @@
+//! savepointd keeps Apache Flink applications safe: it resolves a version-controlled list of application
+//! names to the platform's ids, triggers savepoints on cron schedules, waits for them, and exports
+//! Prometheus metrics. `run` is the daemon; tests start it in-process and stop it when they choose.
+//!
+//! # Layout
+//!
+//! - [`config`]: the YAML file and `SAVEPOINTD_*` overrides, validated into [`config::Config`]; every error
+//!   names its field path.
+//! - [`schedule`]: pure schedule arithmetic (cron in a timezone, `@every`, `@daily-random`); takes `now`.
+//! - [`platform`]: the [`platform::Platform`] trait and the platform-neutral savepoint model;
+//!   `platform/http.rs` is the shared HTTP plumbing (TLS, tokens, retries, API metrics) and
+//!   `platform/vvp.rs` the one place that knows Ververica Platform's wire format.
+//! - [`resolve`]: application name -> [`platform::Target`], from a Kubernetes pod watch cache
+//!   (`resolve/pods.rs`) or through the platform's API.
+//! - [`runtime`]: wires a config to live platform clients, resolvers and per-platform permit pools.
+//! - [`runner`]: one slot of one application: resolve, guard, trigger, wait, retry; adoption after a
+//!   restart.
+//! - [`scheduler`]: one loop per application that fires its slots; shutdown with a grace period.
+//! - [`metrics`]: the Prometheus metric set; [`server`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`commands`]: what the CLI subcommands print (`check-config`, `status`, `resolve`, `once`).
+//! - [`shutdown`]: SIGTERM / SIGINT.
+
+pub mod commands;
+pub mod config;
+pub mod metrics;
+pub mod platform;
+pub mod resolve;
+pub mod runner;
+pub mod runtime;
+pub mod schedule;
+pub mod scheduler;
+pub mod server;
+pub mod shutdown;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::runtime::Runtime;
+use crate::server::Health;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP server failed: {0}")]
+    Server(std::io::Error),
+    #[error(transparent)]
+    Runtime(#[from] runtime::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Runs the daemon until `shutdown` completes, listening on `config.server.listen`.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let addr = config.server.listen;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Listen { addr, source })?;
+    run_on(listener, config, shutdown).await
+}
+
+/// Runs the daemon on an already bound listener (tests bind port 0 and read the address first).
+pub async fn run_on(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let token = CancellationToken::new();
+    let health = Arc::new(Health::default());
+    let metrics = Metrics::new();
+    metrics.register_config(&config);
+    Health::set(&health.config_loaded);
+
+    let (runtime, watchers) = Runtime::connect(&config, metrics.clone(), &token).await?;
+    tracing::info!(
+        applications = config.applications.len(),
+        platforms = config.platforms.len(),
+        listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        "savepointd starting"
+    );
+
+    let server = {
+        let (health, metrics, token) = (health.clone(), metrics.clone(), token.clone());
+        async move {
+            let result = server::serve(listener, health, metrics, token.clone()).await;
+            // A dead HTTP server means no metrics and no probes: bring the whole process down.
+            token.cancel();
+            result.map_err(Error::Server)
+        }
+    };
+    let scheduler = {
+        let (health, token) = (health.clone(), token.clone());
+        let grace = config.server.shutdown_grace;
+        async move {
+            if runtime.wait_synced(&token).await {
+                Health::set(&health.caches_synced);
+                Health::set(&health.scheduler_running);
+                scheduler::run(runtime.apps.clone(), token, grace).await;
+            }
+            tracing::info!("scheduler stopped");
+            Ok::<(), Error>(())
+        }
+    };
+    let signal = {
+        let token = token.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown => token.cancel(),
+                _ = token.cancelled() => {}
+            }
+            Ok::<(), Error>(())
+        }
+    };
+    let watchers = async move {
+        futures::future::join_all(watchers).await;
+        Ok::<(), Error>(())
+    };
+    tokio::try_join!(server, scheduler, signal, watchers)?;
+    tracing::info!("savepointd stopped");
+    Ok(())
+}

@@ -1,0 +1,127 @@
+//! The `savepointd` command: parses the CLI, sets up logging, and maps outcomes to exit codes
+//! (0 ok, 1 a run or lookup failed, 2 a bad config).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use savepointd::commands::{self, Output};
+use savepointd::config::{self, Config};
+
+#[derive(Parser)]
+#[command(version, about = "Scheduled Apache Flink savepoints by application name")]
+struct Cli {
+    /// The config file.
+    #[arg(long, global = true, env = "SAVEPOINTD_CONFIG", default_value = "/etc/savepointd/config.yaml")]
+    config: PathBuf,
+    /// Log format; JSON by default when stderr is not a terminal. Level from RUST_LOG.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Run,
+    /// One pass now: trigger, wait (for a Kubernetes CronJob).
+    Once {
+        /// Only these applications (repeatable); all when absent.
+        #[arg(long = "app")]
+        apps: Vec<String>,
+        /// Do not prune after the savepoints (retention is not part of this build: nothing is pruned).
+        #[arg(long)]
+        no_prune: bool,
+        /// Print what would be triggered; trigger nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Per application: resolved id, last completed savepoint and age, in flight, next run.
+    Status {
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Show how an application name resolves and from which source.
+    Resolve { name: String },
+    /// Validate the config and print the effective plan.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let config = match config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Command::CheckConfig = cli.command {
+        print!("{}", commands::check_config(&config, chrono::Utc::now()));
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(execute(cli.command, config)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(command: Command, config: Config) -> anyhow::Result<bool> {
+    let (text, ok) = match command {
+        Command::Run => {
+            savepointd::run(config, savepointd::shutdown::signal())
+                .await
+                .context("daemon failed")?;
+            return Ok(true);
+        }
+        Command::Once {
+            apps,
+            no_prune: _,
+            dry_run,
+        } => commands::once(&config, &apps, dry_run).await?,
+        Command::Status { output } => commands::status(&config, output).await?,
+        Command::Resolve { name } => commands::resolve(&config, &name).await?,
+        Command::CheckConfig => unreachable!("handled before the runtime starts"),
+    };
+    print!("{text}");
+    Ok(ok)
+}
+
+fn init_tracing(format: Option<LogFormat>) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = match format {
+        Some(LogFormat::Json) => true,
+        Some(LogFormat::Text) => false,
+        None => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).with_current_span(true).init();
+    } else {
+        builder.init();
+    }
+}

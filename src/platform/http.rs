@@ -1,0 +1,313 @@
+//! The HTTP plumbing every platform shares: TLS, bearer tokens (re-read when the file changes, so a rotated
+//! Kubernetes Secret works without a restart), request timeouts, retries with exponential backoff, and the
+//! `api_requests_total` / `api_request_duration_seconds` metrics.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use reqwest::{Method, StatusCode, Url};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::{Error, Result};
+use crate::config::{self, Auth};
+use crate::metrics::Metrics;
+
+/// Tries per request, the first included. Only what is safe to repeat is retried (see [`Retry`]).
+const MAX_TRIES: u32 = 4;
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+
+/// Whether a request may be sent again after a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Reads and idempotent writes: retried on connection errors, timeouts and 5xx.
+    Idempotent,
+    /// A write that must not happen twice (creating a savepoint): retried only when the connection was
+    /// never made, because after a timeout or a 5xx the platform may have acted on it. The runner looks
+    /// for the slot's savepoint before it triggers again.
+    OnlyIfNotSent,
+}
+
+pub struct ApiClient {
+    platform: String,
+    base: Url,
+    client: reqwest::Client,
+    timeout: Duration,
+    token: Option<TokenSource>,
+    metrics: Metrics,
+}
+
+impl ApiClient {
+    pub fn new(platform: &config::Platform, metrics: Metrics) -> Result<Self> {
+        let setup = |message: String| Error::Setup {
+            platform: platform.name.clone(),
+            message,
+        };
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .timeout(platform.request_timeout)
+            .connect_timeout(platform.request_timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("savepointd/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = &platform.ca_file {
+            let pem = std::fs::read(ca)
+                .map_err(|e| setup(format!("cannot read tls.caFile {}: {e}", ca.display())))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| setup(format!("tls.caFile {} is not PEM: {e}", ca.display())))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        if platform.insecure {
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        let client = builder.build().map_err(|e| setup(e.to_string()))?;
+        let mut base = platform.url.clone();
+        if !base.path().ends_with('/') {
+            base.set_path(&format!("{}/", base.path()));
+        }
+        Ok(Self {
+            platform: platform.name.clone(),
+            base,
+            client,
+            timeout: platform.request_timeout,
+            token: platform.auth.as_ref().map(TokenSource::new),
+            metrics,
+        })
+    }
+
+    pub fn platform(&self) -> &str {
+        &self.platform
+    }
+
+    /// Sends one request and decodes the JSON answer.
+    pub async fn json<T: DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        retry: Retry,
+    ) -> Result<T> {
+        let (url, bytes) = self.send(operation, method, path, body, retry).await?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::Decode {
+            platform: self.platform.clone(),
+            operation,
+            url: url.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Sends one request with retries and returns the body of a 2xx answer.
+    pub async fn send(
+        &self,
+        operation: &'static str,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        retry: Retry,
+    ) -> Result<(Url, bytes::Bytes)> {
+        let url = self.base.join(path.trim_start_matches('/')).map_err(|e| Error::Setup {
+            platform: self.platform.clone(),
+            message: format!("bad path {path}: {e}"),
+        })?;
+        let mut backoff = FIRST_BACKOFF;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let result = self.send_once(operation, &method, &url, body).await;
+            let again = match &result {
+                Ok(_) => false,
+                Err(Error::Connect { .. }) => true,
+                Err(Error::Timeout { .. }) => retry == Retry::Idempotent,
+                Err(Error::Status { status, .. }) => *status >= 500 && retry == Retry::Idempotent,
+                Err(_) => false,
+            };
+            if !again || tries >= MAX_TRIES {
+                return result.map(|bytes| (url, bytes));
+            }
+            if let Err(e) = &result {
+                tracing::debug!(platform = %self.platform, operation, error = %e, "retrying after {backoff:?}");
+            }
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+        }
+    }
+
+    async fn send_once(
+        &self,
+        operation: &'static str,
+        method: &Method,
+        url: &Url,
+        body: Option<&Value>,
+    ) -> Result<bytes::Bytes> {
+        let mut request = self.client.request(method.clone(), url.clone());
+        if let Some(token) = &self.token {
+            let token = token.get().map_err(|message| Error::Token {
+                platform: self.platform.clone(),
+                message,
+            })?;
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let timer = self.metrics.api_timer(&self.platform, operation);
+        let result = async {
+            let response = request.send().await?;
+            let status = response.status();
+            let bytes = response.bytes().await?;
+            Ok::<_, reqwest::Error>((status, bytes))
+        }
+        .await;
+        drop(timer);
+        let (status, bytes) = match result {
+            Ok(answer) => answer,
+            Err(e) => {
+                let code = if e.is_timeout() { "timeout" } else { "error" };
+                self.metrics.api_request(&self.platform, operation, code);
+                return Err(self.transport_error(operation, url, e));
+            }
+        };
+        self.metrics
+            .api_request(&self.platform, operation, status.as_str());
+        if status.is_success() {
+            return Ok(bytes);
+        }
+        Err(Error::Status {
+            platform: self.platform.clone(),
+            operation,
+            url: url.to_string(),
+            status: status.as_u16(),
+            message: error_message(status, &bytes),
+        })
+    }
+
+    fn transport_error(&self, operation: &'static str, url: &Url, e: reqwest::Error) -> Error {
+        if e.is_timeout() {
+            Error::Timeout {
+                platform: self.platform.clone(),
+                operation,
+                url: url.to_string(),
+                timeout: self.timeout,
+            }
+        } else {
+            // The full chain: reqwest's top-level message alone ("error sending request") says nothing.
+            let mut message = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                message = format!("{message}: {s}");
+                source = s.source();
+            }
+            Error::Connect {
+                platform: self.platform.clone(),
+                operation,
+                url: url.to_string(),
+                message,
+            }
+        }
+    }
+}
+
+/// The platform's own words: VVP says `{"message": …}`, Flink `{"errors": […]}`.
+fn error_message(status: StatusCode, body: &[u8]) -> String {
+    if let Ok(v) = serde_json::from_slice::<Value>(body) {
+        if let Some(m) = v.get("message").and_then(Value::as_str) {
+            return m.to_owned();
+        }
+        if let Some(errors) = v.get("errors").and_then(Value::as_array) {
+            let all: Vec<_> = errors.iter().filter_map(Value::as_str).collect();
+            if !all.is_empty() {
+                return all.join("; ");
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        status.canonical_reason().unwrap_or("no message").to_owned()
+    } else {
+        text.chars().take(500).collect()
+    }
+}
+
+/// Where the bearer token comes from. A token file is read again whenever its modification time changes:
+/// Kubernetes rotates a mounted Secret by swapping a symlink, which `metadata` (following links) sees.
+struct TokenSource {
+    auth: Auth,
+    cached: Mutex<Option<(SystemTime, String)>>,
+}
+
+impl TokenSource {
+    fn new(auth: &Auth) -> Self {
+        Self {
+            auth: auth.clone(),
+            cached: Mutex::new(None),
+        }
+    }
+
+    fn get(&self) -> Result<String, String> {
+        match &self.auth {
+            Auth::TokenEnv(var) => std::env::var(var)
+                .map(|t| t.trim().to_owned())
+                .map_err(|_| format!("environment variable {var} (auth.tokenEnv) is not set")),
+            Auth::TokenFile(path) => self.from_file(path),
+        }
+    }
+
+    fn from_file(&self, path: &PathBuf) -> Result<String, String> {
+        let modified = std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .map_err(|e| format!("auth.tokenFile {}: {e}", path.display()))?;
+        let mut cached = self.cached.lock().expect("token cache lock");
+        if let Some((at, token)) = cached.as_ref()
+            && *at == modified
+        {
+            return Ok(token.clone());
+        }
+        let token = std::fs::read_to_string(path)
+            .map_err(|e| format!("auth.tokenFile {}: {e}", path.display()))?
+            .trim()
+            .to_owned();
+        *cached = Some((modified, token.clone()));
+        Ok(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_message_prefers_the_platforms_words() {
+        assert_eq!(
+            error_message(StatusCode::CONFLICT, br#"{"message":"latest savepoint"}"#),
+            "latest savepoint"
+        );
+        assert_eq!(
+            error_message(StatusCode::BAD_REQUEST, br#"{"errors":["a","b"]}"#),
+            "a; b"
+        );
+        assert_eq!(
+            error_message(StatusCode::BAD_GATEWAY, b""),
+            "Bad Gateway"
+        );
+    }
+
+    #[test]
+    fn token_file_is_read_again_when_it_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "first\n").unwrap();
+        let source = TokenSource::new(&Auth::TokenFile(path.clone()));
+        assert_eq!(source.get().unwrap(), "first");
+        std::fs::write(&path, "second").unwrap();
+        // Some filesystems keep whole-second mtimes; make the change visible whatever the resolution.
+        let later = SystemTime::now() + Duration::from_secs(5);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        assert_eq!(source.get().unwrap(), "second");
+    }
+}

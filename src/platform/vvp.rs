@@ -1,0 +1,307 @@
+//! Ververica Platform, appmanager API v1: the one place that knows its wire format
+//! (`../shared/reference/apis.md`).
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
+use reqwest::Method;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::http::{ApiClient, Retry};
+use super::{
+    ANNOTATION_APPLICATION, ANNOTATION_MANAGED_BY, ANNOTATION_SLOT, MANAGED_BY, Managed, Origin,
+    Platform, Result, Savepoint, SavepointType, State, Target, TriggerRequest,
+};
+use crate::resolve;
+
+pub struct Vvp {
+    api: ApiClient,
+    namespace: String,
+}
+
+impl Vvp {
+    pub fn new(api: ApiClient, namespace: String) -> Self {
+        Self { api, namespace }
+    }
+
+    fn path(&self, rest: &str) -> String {
+        format!("api/v1/namespaces/{}/{rest}", self.namespace)
+    }
+
+    fn decode(&self, operation: &'static str, wire: WireSavepoint) -> Result<Savepoint> {
+        wire.into_savepoint()
+            .map_err(|message| super::Error::Decode {
+                platform: self.api.platform().to_owned(),
+                operation,
+                url: self.path("savepoints"),
+                message,
+            })
+    }
+}
+
+#[async_trait]
+impl Platform for Vvp {
+    fn name(&self) -> &str {
+        self.api.platform()
+    }
+
+    async fn resolve(&self, application: &str) -> Result<Target, resolve::Error> {
+        let list: List<WireDeployment> = self
+            .api
+            .json(
+                "list_deployments",
+                Method::GET,
+                &self.path("deployments"),
+                None,
+                Retry::Idempotent,
+            )
+            .await
+            .map_err(|e| resolve::Error::Platform(Box::new(e)))?;
+        let wanted = resolve::sanitize(application);
+        let ids: Vec<String> = list
+            .into_items()
+            .into_iter()
+            .filter(|d| d.metadata.name == application || resolve::sanitize(&d.metadata.name) == wanted)
+            .map(|d| d.metadata.id)
+            .collect();
+        resolve::unique(
+            application,
+            ids,
+            &format!("no deployment named {application} in VVP namespace {}", self.namespace),
+            |id| format!("VVP deployment {id} in namespace {}", self.namespace),
+        )
+    }
+
+    async fn trigger(&self, target: &Target, request: &TriggerRequest<'_>) -> Result<Savepoint> {
+        // No spec: VVP takes a new savepoint (origin USER_REQUEST) instead of registering an existing one.
+        let body = json!({
+            "metadata": {
+                "deploymentId": target.id,
+                "annotations": {
+                    ANNOTATION_MANAGED_BY: MANAGED_BY,
+                    ANNOTATION_APPLICATION: request.application,
+                    ANNOTATION_SLOT: request.slot.to_rfc3339_opts(SecondsFormat::Secs, true),
+                }
+            }
+        });
+        let wire: WireSavepoint = self
+            .api
+            .json(
+                "trigger",
+                Method::POST,
+                &self.path("savepoints"),
+                Some(&body),
+                Retry::OnlyIfNotSent,
+            )
+            .await?;
+        self.decode("trigger", wire)
+    }
+
+    async fn get(&self, _target: &Target, id: &str) -> Result<Savepoint> {
+        let wire: WireSavepoint = self
+            .api
+            .json(
+                "get",
+                Method::GET,
+                &self.path(&format!("savepoints/{id}")),
+                None,
+                Retry::Idempotent,
+            )
+            .await?;
+        self.decode("get", wire)
+    }
+
+    async fn list(&self, target: &Target) -> Result<Vec<Savepoint>> {
+        let list: List<WireSavepoint> = self
+            .api
+            .json(
+                "list",
+                Method::GET,
+                &self.path(&format!("savepoints?deploymentId={}", target.id)),
+                None,
+                Retry::Idempotent,
+            )
+            .await?;
+        list.into_items()
+            .into_iter()
+            .map(|w| self.decode("list", w))
+            .collect()
+    }
+}
+
+/// VVP 2.1+ answers lists as a ResourceList; 2.0 answered a bare array.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum List<T> {
+    Resource { items: Vec<T> },
+    Bare(Vec<T>),
+}
+
+impl<T> List<T> {
+    fn into_items(self) -> Vec<T> {
+        match self {
+            List::Resource { items } | List::Bare(items) => items,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct WireDeployment {
+    metadata: WireDeploymentMeta,
+}
+
+#[derive(Deserialize)]
+struct WireDeploymentMeta {
+    id: String,
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireSavepoint {
+    metadata: WireMeta,
+    #[serde(default)]
+    spec: WireSpec,
+    #[serde(default)]
+    status: WireStatus,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireMeta {
+    id: String,
+    created_at: Option<DateTime<Utc>>,
+    origin: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct WireSpec {
+    savepoint_location: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct WireStatus {
+    state: Option<String>,
+    failure: Option<Value>,
+}
+
+impl WireSavepoint {
+    fn into_savepoint(self) -> Result<Savepoint, String> {
+        let m = self.metadata;
+        let created_at = m
+            .created_at
+            .ok_or_else(|| format!("savepoint {} has no metadata.createdAt", m.id))?;
+        let state = match self.status.state.as_deref() {
+            Some("STARTED") => State::Started,
+            Some("COMPLETED") => State::Completed,
+            Some("FAILED") => State::Failed,
+            Some("PENDING_DELETION") => State::PendingDeletion,
+            Some("DELETING") => State::Deleting,
+            Some("FAILED_DELETION") => State::FailedDeletion,
+            _ => State::Unknown,
+        };
+        let origin = match m.origin.as_deref() {
+            Some("USER_REQUEST") => Origin::UserRequest,
+            Some("SUSPEND") => Origin::Suspend,
+            Some("SUSPEND_AND_UPGRADE") => Origin::SuspendAndUpgrade,
+            Some("COPIED") => Origin::Copied,
+            Some("RETAINED_CHECKPOINT") => Origin::RetainedCheckpoint,
+            _ => Origin::Unknown,
+        };
+        // Absent before VVP 2.5: UNKNOWN, as the reference says.
+        let kind = match m.kind.as_deref() {
+            Some("FULL") => SavepointType::Full,
+            Some("INCREMENTAL") => SavepointType::Incremental,
+            _ => SavepointType::Unknown,
+        };
+        let managed = (m.annotations.get(ANNOTATION_MANAGED_BY).map(String::as_str)
+            == Some(MANAGED_BY))
+        .then(|| {
+            let application = m.annotations.get(ANNOTATION_APPLICATION)?.clone();
+            let slot = DateTime::parse_from_rfc3339(m.annotations.get(ANNOTATION_SLOT)?)
+                .ok()?
+                .with_timezone(&Utc);
+            Some(Managed { application, slot })
+        })
+        .flatten();
+        let failure = self.status.failure.map(|f| {
+            let field = |k: &str| f.get(k).and_then(Value::as_str).unwrap_or_default();
+            match (field("reason"), field("message")) {
+                ("", "") => f.to_string(),
+                (reason, "") => reason.to_owned(),
+                ("", message) => message.to_owned(),
+                (reason, message) => format!("{reason}: {message}"),
+            }
+        });
+        Ok(Savepoint {
+            id: m.id,
+            created_at,
+            state,
+            origin,
+            kind,
+            location: self.spec.savepoint_location,
+            failure,
+            managed,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_the_reference_savepoint() {
+        let wire: WireSavepoint = serde_json::from_value(json!({
+            "apiVersion":"v1","kind":"Savepoint",
+            "metadata":{"id":"5f1c","namespace":"default","createdAt":"2026-11-20T01:00:03.120Z",
+              "modifiedAt":"2026-11-20T01:00:04.000Z","deploymentId":"d1","jobId":"j1",
+              "origin":"USER_REQUEST","type":"FULL",
+              "annotations":{"savepointd.io/managed-by":"savepointd","savepointd.io/application":"fraud",
+                "savepointd.io/slot":"2026-11-20T01:00:00Z"},"resourceVersion":3},
+            "spec":{"savepointLocation":"s3://flink/savepoints/savepoint-1a2b3c-4d5e6f7a8b9c","flinkSavepointId":"x"},
+            "status":{"state":"FAILED","failure":{"reason":"SAVEPOINT_FAILED","message":"Checkpoint expired","failedAt":"…"}}
+        }))
+        .unwrap();
+        let s = wire.into_savepoint().unwrap();
+        assert_eq!(s.state, State::Failed);
+        assert_eq!(s.origin, Origin::UserRequest);
+        assert_eq!(s.kind, SavepointType::Full);
+        assert_eq!(s.failure.as_deref(), Some("SAVEPOINT_FAILED: Checkpoint expired"));
+        let slot = "2026-11-20T01:00:00Z".parse().unwrap();
+        assert!(s.is_managed_slot("fraud", slot));
+        assert!(!s.is_managed_slot("other", slot));
+    }
+
+    #[test]
+    fn old_versions_without_type_are_unknown_and_foreign_annotations_are_unmanaged() {
+        let wire: WireSavepoint = serde_json::from_value(json!({
+            "metadata":{"id":"a","createdAt":"2026-11-20T01:00:03Z","origin":"COPIED",
+              "annotations":{"savepointd.io/managed-by":"someone-else"}},
+            "status":{"state":"COMPLETED"}
+        }))
+        .unwrap();
+        let s = wire.into_savepoint().unwrap();
+        assert_eq!(s.kind, SavepointType::Unknown);
+        assert_eq!(s.origin, Origin::Copied);
+        assert_eq!(s.managed, None);
+    }
+
+    #[test]
+    fn lists_come_in_both_shapes() {
+        let a: List<Value> =
+            serde_json::from_str(r#"{"apiVersion":"v1","kind":"ResourceList","metadata":{},"items":[1,2]}"#)
+                .unwrap();
+        let b: List<Value> = serde_json::from_str("[1,2,3]").unwrap();
+        assert_eq!(a.into_items().len(), 2);
+        assert_eq!(b.into_items().len(), 3);
+    }
+}

@@ -1,0 +1,125 @@
+//! Resolution through Kubernetes pod labels, as the blog's CronJob did with kubectl + jq, but from a
+//! kube-runtime reflector: the pods are listed once and then watched, so resolving a name at a cron tick
+//! costs no request to the API server however many applications there are.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use tokio_util::sync::CancellationToken;
+
+use super::{Error, Result, sanitize, unique};
+use crate::config::PodResolve;
+use crate::platform::Target;
+
+#[derive(Clone)]
+pub struct PodIndex {
+    store: Store<Pod>,
+    config: Arc<PodResolve>,
+    synced: Arc<AtomicBool>,
+}
+
+impl PodIndex {
+    /// Starts watching the pods that `config` selects. The returned future drives the watch and must be
+    /// polled (it ends when `shutdown` is cancelled); the index answers once the first list arrived.
+    pub fn watch(
+        client: Client,
+        config: PodResolve,
+        shutdown: CancellationToken,
+    ) -> (PodIndex, impl Future<Output = ()> + Send + 'static) {
+        let (store, writer) = reflector::store();
+        let index = PodIndex {
+            store: store.clone(),
+            config: Arc::new(config.clone()),
+            synced: Arc::new(AtomicBool::new(false)),
+        };
+        let api: Api<Pod> = Api::namespaced(client, &config.namespace);
+        let stream = watcher(api, watcher::Config::default().labels(&config.selector))
+            .default_backoff()
+            .reflect(writer)
+            .touched_objects();
+        let synced = index.synced.clone();
+        let namespace = config.namespace.clone();
+        let driver = async move {
+            let drive = stream.for_each(|event| {
+                if let Err(e) = event {
+                    // The backoff retries; this says why pods may be stale meanwhile.
+                    tracing::warn!(namespace = %namespace, error = %e, "pod watch failed; retrying");
+                }
+                futures::future::ready(())
+            });
+            let mark_synced = async {
+                if store.wait_until_ready().await.is_ok() {
+                    synced.store(true, Ordering::Release);
+                    tracing::info!(namespace = %namespace, pods = store.state().len(), "pod cache synced");
+                }
+                futures::future::pending::<()>().await
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = drive => {}
+                _ = mark_synced => {}
+            }
+        };
+        (index, driver)
+    }
+
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    /// Waits until the cache has listed the pods once, or `shutdown` is cancelled.
+    pub async fn wait_synced(&self, shutdown: &CancellationToken) -> bool {
+        tokio::select! {
+            r = self.store.wait_until_ready() => r.is_ok(),
+            _ = shutdown.cancelled() => false,
+        }
+    }
+
+    /// Looks the name up in the cache: no request to the API server.
+    pub fn resolve(&self, application: &str) -> Result<Target> {
+        if !self.is_synced() {
+            return Err(Error::NotSynced);
+        }
+        let c = &self.config;
+        let wanted = sanitize(application);
+        let mut ids = Vec::new();
+        let mut pods = Vec::new();
+        for pod in self.store.state() {
+            let Some(labels) = pod.metadata.labels.as_ref() else {
+                continue;
+            };
+            let Some(name) = labels.get(&c.name_label) else {
+                continue;
+            };
+            if name != application && sanitize(name) != wanted {
+                continue;
+            }
+            if let Some(id) = labels.get(&c.id_label) {
+                ids.push(id.clone());
+                pods.push(pod.metadata.name.clone().unwrap_or_default());
+            }
+        }
+        pods.sort();
+        unique(
+            application,
+            ids,
+            &format!(
+                "no pod in namespace {} matching {} has label {}={wanted}",
+                c.namespace, c.selector, c.name_label
+            ),
+            |_| {
+                format!(
+                    "label {} of pod {}/{}",
+                    c.id_label,
+                    c.namespace,
+                    pods.join(", ")
+                )
+            },
+        )
+    }
+}

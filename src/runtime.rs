@@ -1,0 +1,148 @@
+//! The wiring from a validated [`Config`] to live parts: one platform client and one resolver per
+//! platform, one permit pool per platform (`maxConcurrent`), and per application the handles the runner
+//! needs. Every command (`run`, `once`, `status`, `resolve`) starts from here.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Application, Config, Resolve};
+use crate::metrics::{AppMetrics, Metrics};
+use crate::platform::{self, Platform};
+use crate::resolve::Resolver;
+use crate::resolve::pods::PodIndex;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Platform(#[from] platform::Error),
+    #[error("cannot set up the Kubernetes client: {0}")]
+    Kubernetes(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything the runner needs for one application.
+pub struct App {
+    pub config: Application,
+    pub platform_name: String,
+    pub platform: Arc<dyn Platform>,
+    pub resolver: Resolver,
+    /// Shared by every application of the platform: a permit is held from trigger to terminal state.
+    pub permits: Arc<Semaphore>,
+    pub metrics: AppMetrics,
+}
+
+pub struct Runtime {
+    pub apps: Vec<Arc<App>>,
+    pub metrics: Metrics,
+    pod_indexes: Vec<PodIndex>,
+}
+
+/// Futures that keep the pod caches up to date; they end when the shutdown token is cancelled.
+pub type Watchers = Vec<BoxFuture<'static, ()>>;
+
+impl Runtime {
+    /// Connects every platform and starts (but does not drive) the pod watches the config asks for.
+    pub async fn connect(
+        config: &Config,
+        metrics: Metrics,
+        shutdown: &CancellationToken,
+    ) -> Result<(Runtime, Watchers)> {
+        let mut kube_client = None;
+        let mut watchers: Watchers = Vec::new();
+        let mut pod_indexes = Vec::new();
+        let mut per_platform = Vec::new();
+        for p in &config.platforms {
+            let client = platform::connect(p, &metrics)?;
+            let resolver = match &p.resolve {
+                Resolve::Api => Resolver::Api(client.clone()),
+                Resolve::Pods(pods) => {
+                    if kube_client.is_none() {
+                        kube_client = Some(kube_client_for(config).await?);
+                    }
+                    let kube = kube_client.clone().expect("just set");
+                    let (index, driver) = PodIndex::watch(kube, pods.clone(), shutdown.clone());
+                    watchers.push(Box::pin(driver));
+                    pod_indexes.push(index.clone());
+                    Resolver::Pods(index)
+                }
+            };
+            let permits = Arc::new(Semaphore::new(p.max_concurrent));
+            per_platform.push((client, resolver, permits));
+        }
+        let apps = config
+            .applications
+            .iter()
+            .map(|a| {
+                let (platform, resolver, permits) = &per_platform[a.platform];
+                let platform_name = config.platforms[a.platform].name.clone();
+                Arc::new(App {
+                    metrics: metrics.app(&a.name, &platform_name),
+                    config: a.clone(),
+                    platform_name,
+                    platform: platform.clone(),
+                    resolver: resolver.clone(),
+                    permits: permits.clone(),
+                })
+            })
+            .collect();
+        Ok((
+            Runtime {
+                apps,
+                metrics,
+                pod_indexes,
+            },
+            watchers,
+        ))
+    }
+
+    /// Waits until every pod cache has listed its pods once; false when shut down first.
+    pub async fn wait_synced(&self, shutdown: &CancellationToken) -> bool {
+        for index in &self.pod_indexes {
+            if !index.wait_synced(shutdown).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    pub fn is_synced(&self) -> bool {
+        self.pod_indexes.iter().all(PodIndex::is_synced)
+    }
+
+    pub fn app(&self, name: &str) -> Option<&Arc<App>> {
+        self.apps.iter().find(|a| a.config.name == name)
+    }
+
+    /// The apps by platform name, for callers that report per platform.
+    pub fn by_platform(&self) -> HashMap<&str, Vec<&Arc<App>>> {
+        let mut map: HashMap<&str, Vec<&Arc<App>>> = HashMap::new();
+        for app in &self.apps {
+            map.entry(app.platform_name.as_str()).or_default().push(app);
+        }
+        map
+    }
+}
+
+async fn kube_client_for(config: &Config) -> Result<kube::Client> {
+    let kube_config = match &config.kubernetes.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| {
+                Error::Kubernetes(format!("kubernetes.kubeconfig {}: {e}", path.display()))
+            })?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .map_err(|e| {
+                    Error::Kubernetes(format!("kubernetes.kubeconfig {}: {e}", path.display()))
+                })?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| Error::Kubernetes(e.to_string()))?,
+    };
+    kube::Client::try_from(kube_config).map_err(|e| Error::Kubernetes(e.to_string()))
+}

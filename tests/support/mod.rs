@@ -1,0 +1,120 @@
+#![allow(dead_code)]
+//! Fakes of the platforms savepointd talks to, shared by the black-box tests.
+//!
+//! - `vvp_sim`: Ververica Platform appmanager API v1 (savepoints and deployments), including its
+//!   unhappy paths (401, 409 on delete, FAILED savepoints, injected 5xx, dropped connections, latency).
+//! - `kube_fake`: a Kubernetes API server small enough to read, big enough for kube-rs list/watch and
+//!   for the real `kubectl`.
+
+pub mod kube_fake;
+pub mod vvp_sim;
+
+use std::collections::hash_map::RandomState;
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+/// Polls `check` every 20 ms until it yields `Some`, or gives up after `timeout`.
+///
+/// Tests wait for asynchronous effects this way instead of sleeping a fixed time, so they are
+/// as fast as the system allows and still bounded.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return Some(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// 64 random bits; the per-process random keys of `RandomState` spare a dependency on a RNG crate,
+/// and the counter keeps two calls from ever colliding within a process.
+pub(crate) fn random_u64() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    hasher.finish()
+}
+
+/// A random UUID v4 in its canonical text form.
+pub(crate) fn uuid_v4() -> String {
+    let hi = random_u64();
+    let lo = random_u64();
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        hi >> 32,
+        (hi >> 16) & 0xffff,
+        hi & 0x0fff,
+        0x8000 | ((lo >> 48) & 0x3fff),
+        lo & 0xffff_ffff_ffff
+    )
+}
+
+/// `len` random lowercase hex digits.
+pub(crate) fn random_hex(len: usize) -> String {
+    let mut out = String::with_capacity(len + 16);
+    while out.len() < len {
+        out.push_str(&format!("{:016x}", random_u64()));
+    }
+    out.truncate(len);
+    out
+}
+
+/// Decodes `application/x-www-form-urlencoded` text; malformed escapes are kept literally because
+/// a fake server must answer bad input, not fail on it.
+pub(crate) fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => match text.get(i + 1..i + 3).map(|hex| u8::from_str_radix(hex, 16)) {
+                Some(Ok(byte)) => {
+                    out.push(byte);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            other => out.push(other),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Splits a raw query string into decoded pairs, in order, keeping duplicates.
+pub(crate) fn parse_query(raw: Option<&str>) -> Vec<(String, String)> {
+    raw.unwrap_or("")
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((key, value)) => (percent_decode(key), percent_decode(value)),
+            None => (percent_decode(pair), String::new()),
+        })
+        .collect()
+}
+
+/// The first value given for `key`, as both Kubernetes and Spring read a repeated parameter.
+pub(crate) fn query_value<'a>(query: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    query
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Locks without propagating poison: a test that panicked while holding the lock must not turn
+/// every later request of the fake into a panic as well.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
