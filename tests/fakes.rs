@@ -271,10 +271,12 @@ async fn kube_rs_lists_through_the_kubeconfig() {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig =
         kube::config::Kubeconfig::read_from(kube.write_kubeconfig(dir.path())).unwrap();
-    let config =
-        kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
-            .await
-            .unwrap();
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
     let client = kube::Client::try_from(config).unwrap();
     let pods: Api<Pod> = Api::namespaced(client, "flink");
     let list = pods
@@ -300,10 +302,7 @@ async fn kube_rs_lists_through_the_kubeconfig() {
         Some(kube.resource_version().to_string())
     );
     let one = pods.get("job-5bd3bbd8-jobmanager-0").await.unwrap();
-    assert_eq!(
-        one.status.and_then(|s| s.phase).as_deref(),
-        Some("Running")
-    );
+    assert_eq!(one.status.and_then(|s| s.phase).as_deref(), Some("Running"));
     assert!(pods.get("nope").await.is_err());
 }
 
@@ -380,14 +379,25 @@ async fn kube_rs_reflector_follows_pod_changes() {
     .await;
 
     // Dropping the selected label makes the pod leave the selection, as a DELETED event would.
-    kube.set_labels("flink", "job-0a1b2c3d-jobmanager-0", &[("app", "flink-job")]);
+    kube.set_labels(
+        "flink",
+        "job-0a1b2c3d-jobmanager-0",
+        &[("app", "flink-job")],
+    );
     kube.delete_pod("flink", "job-5bd3bbd8-taskmanager-0");
     kube.set_labels(
         "flink",
         "job-77-jobmanager-0",
-        &[("system", "ververica-platform"), ("deploymentName", "renamed")],
+        &[
+            ("system", "ververica-platform"),
+            ("deploymentName", "renamed"),
+        ],
     );
-    store_shows(&store, &["job-5bd3bbd8-jobmanager-0", "job-77-jobmanager-0"]).await;
+    store_shows(
+        &store,
+        &["job-5bd3bbd8-jobmanager-0", "job-77-jobmanager-0"],
+    )
+    .await;
     let renamed = eventually(SETTLE, || {
         let label = store
             .state()
@@ -421,7 +431,8 @@ async fn kube_rs_reflector_follows_pod_changes() {
     assert!(
         requests
             .iter()
-            .any(|r| r.contains("watch=true") && r.contains("labelSelector=system=ververica-platform")),
+            .any(|r| r.contains("watch=true")
+                && r.contains("labelSelector=system=ververica-platform")),
         "{requests:#?}"
     );
     assert_eq!(kube.request_count(), requests.len());
@@ -570,7 +581,7 @@ fn seeded(id: &str, created_at: &str, state: &str, kind: Option<&str>, origin: &
             "annotations": { SPEC_VERSION_ANNOTATION: "1" },
             "resourceVersion": 2,
         },
-        "spec": { "savepointLocation": format!("s3://flink/savepoints/savepoint-111111-{}", &id[..12]) },
+        "spec": { "savepointLocation": format!("s3://flink/savepoints/savepoint-111111-{}", &id[id.len() - 12..]) },
         "status": { "state": state },
     });
     if let Some(kind) = kind {
@@ -678,11 +689,7 @@ async fn vvp_triggered_savepoint_starts_then_completes() {
     let (job, random) = suffix.split_once('-').unwrap();
     assert_eq!(job.len(), 6, "{location}");
     assert_eq!(random.len(), 12, "{location}");
-    assert!(
-        suffix
-            .chars()
-            .all(|c| c == '-' || c.is_ascii_hexdigit())
-    );
+    assert!(suffix.chars().all(|c| c == '-' || c.is_ascii_hexdigit()));
 
     let triggers = sim.triggers();
     assert_eq!(triggers.len(), 1);
@@ -845,8 +852,13 @@ async fn vvp_failed_savepoints_carry_the_failure() {
     sim.heal_savepoints_of(DEP);
     sim.set_deployment_state(DEP, "CANCELLED");
     let created = trigger(&http, &sim, DEP).await;
-    let failed = wait_for_state(&http, &sim, created["metadata"]["id"].as_str().unwrap(), "FAILED")
-        .await;
+    let failed = wait_for_state(
+        &http,
+        &sim,
+        created["metadata"]["id"].as_str().unwrap(),
+        "FAILED",
+    )
+    .await;
     assert!(
         failed["status"]["failure"]["message"]
             .as_str()
@@ -1014,7 +1026,11 @@ async fn vvp_enforces_the_deletion_prerequisites() {
         let text = answer["message"].as_str().unwrap();
         assert!(text.contains(why), "{id}: {text}");
     }
-    assert_eq!(sim.savepoints().len(), ids.len(), "a refusal deletes nothing");
+    assert_eq!(
+        sim.savepoints().len(),
+        ids.len(),
+        "a refusal deletes nothing"
+    );
 
     for id in [old_full, legacy_suspend, failed] {
         let (status, answer) = delete(&http, &sim, id).await;
@@ -1034,9 +1050,16 @@ async fn vvp_enforces_the_deletion_prerequisites() {
         .collect();
     assert_eq!(
         remaining,
-        [started, incremental, retained, copied_unknown, denied, latest]
-            .map(String::from)
-            .into()
+        [
+            started,
+            incremental,
+            retained,
+            copied_unknown,
+            denied,
+            latest
+        ]
+        .map(String::from)
+        .into()
     );
 
     // Once the deployment stops, its latest savepoint is no longer needed for recovery.
@@ -1157,8 +1180,13 @@ async fn vvp_counts_savepoints_in_flight() {
     // One after the other: never more than one at a time.
     for _ in 0..2 {
         let created = trigger(&http, &sim, DEP).await;
-        wait_for_state(&http, &sim, created["metadata"]["id"].as_str().unwrap(), "COMPLETED")
-            .await;
+        wait_for_state(
+            &http,
+            &sim,
+            created["metadata"]["id"].as_str().unwrap(),
+            "COMPLETED",
+        )
+        .await;
     }
     assert_eq!(sim.max_started_at_once(), 1);
 
@@ -1171,11 +1199,22 @@ async fn vvp_counts_savepoints_in_flight() {
     assert_eq!(sim.started_now(), 3, "held savepoints stay STARTED");
     let other = trigger(&http, &sim, OTHER_DEPLOYMENT_ID).await;
     assert_eq!(sim.max_started_at_once(), 4);
-    wait_for_state(&http, &sim, other["metadata"]["id"].as_str().unwrap(), "COMPLETED").await;
+    wait_for_state(
+        &http,
+        &sim,
+        other["metadata"]["id"].as_str().unwrap(),
+        "COMPLETED",
+    )
+    .await;
     sim.release_savepoints_of(DEP);
     for savepoint in &held {
-        wait_for_state(&http, &sim, savepoint["metadata"]["id"].as_str().unwrap(), "COMPLETED")
-            .await;
+        wait_for_state(
+            &http,
+            &sim,
+            savepoint["metadata"]["id"].as_str().unwrap(),
+            "COMPLETED",
+        )
+        .await;
     }
     assert_eq!(sim.started_now(), 0);
     assert_eq!(sim.max_started_at_once(), 4);

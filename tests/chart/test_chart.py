@@ -52,13 +52,22 @@ PODS_READ_ONLY = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "l
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
 
+def require(*files: pathlib.Path) -> None:
+    """Fails (never skips) when a chart file that enabled values embed is missing."""
+    missing = [str(p.relative_to(chartlib.REPO)) for p in files if not p.exists()]
+    if missing:
+        pytest.fail(f"the chart lacks {', '.join(missing)}, which prometheusRule/grafanaDashboard embed")
+
+
 def needs_flag_files(name: str) -> None:
     """The value set that switches on the PrometheusRule and the dashboard needs their chart files."""
-    if name != "all-flags":
-        return
-    missing = [str(p.relative_to(chartlib.REPO)) for p in (RULES_FILE, DASHBOARD_FILE) if not p.exists()]
-    if missing:
-        pytest.fail(f"prometheusRule/grafanaDashboard are enabled but the chart lacks {', '.join(missing)}")
+    if name == "all-flags":
+        require(RULES_FILE, DASHBOARD_FILE)
+
+
+def without_chart_files(values: dict[str, Any]) -> dict[str, Any]:
+    """The value set with the objects that embed rules/ and dashboards/ switched off."""
+    return chartlib.merge(values, {"prometheusRule": {"enabled": False}, "grafanaDashboard": {"enabled": False}})
 
 
 @pytest.fixture(scope="module")
@@ -100,20 +109,23 @@ def test_values_schema_is_a_valid_draft7_schema_and_accepts_the_defaults():
     jsonschema.Draft7Validator(schema).validate(yaml.safe_load((CHART_DIR / "values.yaml").read_text()))
 
 
-@pytest.mark.parametrize("name", VALUE_SETS)
-def test_every_manifest_is_valid_for_kubernetes(chart, name):
-    needs_flag_files(name)
-    objects = render(VALUE_SETS[name], chart=chart)
+def assert_valid_for_kubernetes(objects: list[dict[str, Any]]) -> None:
     assert objects
     for obj in objects:
         where = f"{obj['kind']}/{obj['metadata']['name']}"
         assert obj["metadata"].get("namespace"), f"{where} has no namespace"
         if obj["kind"] in CRD_KINDS:
-            continue  # no schema offline; their structure is asserted in test_monitoring_objects
+            continue  # no schema offline; their structure is asserted in check_monitoring_objects
         try:
             kubernetes_validate.validate(obj, chartlib.KUBE_VERSION, strict=True)
         except kubernetes_validate.ValidationError as e:
             pytest.fail(f"{where}: {'.'.join(map(str, e.path))}: {e.message}")
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_every_manifest_is_valid_for_kubernetes(chart, name):
+    needs_flag_files(name)
+    assert_valid_for_kubernetes(render(VALUE_SETS[name], chart=chart))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -123,8 +135,7 @@ def test_every_manifest_is_valid_for_kubernetes(chart, name):
 
 @pytest.mark.parametrize("name", VALUE_SETS)
 def test_rbac_is_least_privilege(chart, name):
-    needs_flag_files(name)
-    objects = render(VALUE_SETS[name], chart=chart)
+    objects = render(without_chart_files(VALUE_SETS[name]), chart=chart)
     assert not of_kind(objects, "ClusterRole") and not of_kind(objects, "ClusterRoleBinding")
     roles, bindings = of_kind(objects, "Role"), of_kind(objects, "RoleBinding")
     expected = EXPECTED_POD_NAMESPACES[name]
@@ -199,10 +210,7 @@ def test_applications_mix_names_and_objects(chart):
 
 def test_tokens_never_reach_a_configmap(chart):
     sentinel = "tok-3f9a-never-rendered"
-    values = copy.deepcopy(VALUE_SETS["all-flags"])
-    values["prometheusRule"] = {"enabled": False}
-    values["grafanaDashboard"] = {"enabled": False}
-    objects = render(values, chart=chart)
+    objects = render(without_chart_files(VALUE_SETS["all-flags"]), chart=chart)
     config = config_of(objects)
     prod, staging, _ = config["platforms"]
     assert prod["auth"] == {"tokenFile": "/var/run/secrets/savepointd/vvp-prod/token"}
@@ -268,8 +276,7 @@ def test_checksum_is_the_sha256_of_the_rendered_configmap(chart):
 
 
 def test_daemon_pod_is_hardened_and_probed(chart):
-    objects = render(VALUE_SETS["all-flags"] | {"prometheusRule": {"enabled": False},
-                                                "grafanaDashboard": {"enabled": False}}, chart=chart)
+    objects = render(without_chart_files(VALUE_SETS["all-flags"]), chart=chart)
     deployment = one(objects, "Deployment")
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
@@ -320,7 +327,7 @@ def test_cronjob_mode(chart):
 
 
 def test_network_policy_admits_only_the_metrics_port(chart):
-    values = VALUE_SETS["all-flags"] | {"prometheusRule": {"enabled": False}, "grafanaDashboard": {"enabled": False}}
+    values = without_chart_files(VALUE_SETS["all-flags"])
     policy = one(render(values, chart=chart), "NetworkPolicy")
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
     [ingress] = policy["spec"]["ingress"]
@@ -368,7 +375,7 @@ def stub_chart(tmp_path_factory):
         yield loaded, root
 
 
-def check_monitoring_objects(objects, rules_text, dashboard_text, values):
+def check_service_monitor(objects, values):
     service = one(objects, "Service")
     monitor = one(objects, "ServiceMonitor")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
@@ -378,8 +385,12 @@ def check_monitoring_objects(objects, rules_text, dashboard_text, values):
     [endpoint] = monitor["spec"]["endpoints"]
     assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
     assert endpoint["path"] == "/metrics" and endpoint["interval"] == "15s"
+    assert endpoint["scrapeTimeout"] == "10s"
     assert endpoint["relabelings"] == values["serviceMonitor"]["relabelings"]
+    assert endpoint["metricRelabelings"] == values["serviceMonitor"]["metricRelabelings"]
 
+
+def check_prometheus_rule(objects, rules_text):
     rule = one(objects, "PrometheusRule")
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
@@ -390,8 +401,9 @@ def check_monitoring_objects(objects, rules_text, dashboard_text, values):
         for r in group["rules"]:
             assert ("alert" in r) != ("record" in r) and r["expr"]
 
-    dashboards = [cm for cm in of_kind(objects, "ConfigMap") if "savepointd.json" in cm.get("data", {})]
-    [dashboard] = dashboards
+
+def check_dashboard(objects, dashboard_text):
+    [dashboard] = [cm for cm in of_kind(objects, "ConfigMap") if "savepointd.json" in cm.get("data", {})]
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert dashboard["metadata"]["namespace"] == "monitoring"
     assert dashboard["metadata"]["annotations"] == {"grafana_folder": "Flink"}
@@ -403,35 +415,39 @@ def test_monitoring_templates_with_stand_in_files(stub_chart):
     loaded, root = stub_chart
     values = VALUE_SETS["all-flags"]
     objects = render(values, chart=loaded)
-    check_monitoring_objects(
-        objects,
-        (root / "rules" / "savepointd-alerts.yaml").read_text(),
-        (root / "dashboards" / "savepointd.json").read_text(),
-        values,
-    )
+    assert_valid_for_kubernetes(objects)
+    check_service_monitor(objects, values)
+    check_prometheus_rule(objects, (root / "rules" / "savepointd-alerts.yaml").read_text())
+    check_dashboard(objects, (root / "dashboards" / "savepointd.json").read_text())
     # Template braces of alert annotations and legends pass through untouched.
     rule = one(objects, "PrometheusRule")
     assert "{{ $labels.application }}" in rule["spec"]["groups"][0]["rules"][0]["annotations"]["summary"]
 
 
-def test_monitoring_objects(chart):
-    """The chart's real alert rules and dashboard, as the PrometheusRule and ConfigMap carry them."""
-    needs_flag_files("all-flags")
-    values = VALUE_SETS["all-flags"]
+def test_service_monitor(chart):
+    values = without_chart_files(VALUE_SETS["all-flags"])
+    check_service_monitor(render(values, chart=chart), values)
+
+
+def test_prometheus_rule_carries_the_chart_alerts(chart, tmp_path):
+    require(RULES_FILE)
+    values = chartlib.merge(VALUE_SETS["all-flags"], {"grafanaDashboard": {"enabled": False}})
     objects = render(values, chart=chart)
-    check_monitoring_objects(objects, RULES_FILE.read_text(), DASHBOARD_FILE.read_text(), values)
-
-
-def test_prometheus_rule_groups_pass_promtool(chart, tmp_path):
-    needs_flag_files("all-flags")
+    check_prometheus_rule(objects, RULES_FILE.read_text())
+    # The groups survive the YAML round trip through the template as Prometheus rules.
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool not installed (Debian package prometheus)")
-    rule = one(render(VALUE_SETS["all-flags"], chart=chart), "PrometheusRule")
     path = tmp_path / "rules.yaml"
-    path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    path.write_text(yaml.safe_dump({"groups": one(objects, "PrometheusRule")["spec"]["groups"]}))
     result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dashboard_configmap_carries_the_chart_dashboard(chart):
+    require(DASHBOARD_FILE)
+    values = chartlib.merge(VALUE_SETS["all-flags"], {"prometheusRule": {"enabled": False}})
+    check_dashboard(render(values, chart=chart), DASHBOARD_FILE.read_text())
 
 
 def test_missing_chart_files_fail_with_their_name(tmp_path):
@@ -577,10 +593,9 @@ def savepointd_bin() -> str:
 
 @pytest.mark.parametrize("name", VALUE_SETS)
 def test_daemon_check_config_accepts_the_rendered_config(chart, savepointd_bin, name, tmp_path):
-    needs_flag_files(name)
     sentinel = "tok-5b2c-never-printed"
     mount = tmp_path / "secrets"
-    values = chartlib.merge(VALUE_SETS[name], {"secretsMountPath": str(mount)})
+    values = chartlib.merge(without_chart_files(VALUE_SETS[name]), {"secretsMountPath": str(mount)})
     text = chartlib.config_text(render(values, chart=chart))
     config = yaml.safe_load(text)
     # What the pod would find in its mounted Secrets and ConfigMaps.
@@ -623,3 +638,15 @@ def test_daemon_check_config_rejects_what_only_the_daemon_can_judge(chart, savep
     )
     assert result.returncode == 2, result.stdout + result.stderr
     assert "defaults.timezone" in result.stderr and "Mars/Olympus_Mons" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["all-flags", "cronjob"])
+def test_daemon_accepts_the_container_arguments(chart, savepointd_bin, name):
+    """Every argument the pod passes parses; `--help` at the end then exits 0 without running anything."""
+    objects = render(without_chart_files(VALUE_SETS[name]), chart=chart)
+    workload = (of_kind(objects, "Deployment") or of_kind(objects, "CronJob"))[0]
+    pod = workload["spec"]["template"]["spec"] if workload["kind"] == "Deployment" else \
+        workload["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    result = subprocess.run([savepointd_bin, *args, "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"savepointd {' '.join(args)}: {result.stderr}"

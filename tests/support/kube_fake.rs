@@ -394,9 +394,7 @@ fn parse_requirement(part: &str) -> Result<Requirement, String> {
         return Ok(Requirement::DoesNotExist(checked_key(key)?));
     }
     if let Some(open) = part.find('(') {
-        let inner = part[open + 1..]
-            .strip_suffix(')')
-            .ok_or_else(invalid)?;
+        let inner = part[open + 1..].strip_suffix(')').ok_or_else(invalid)?;
         let mut words = part[..open].split_whitespace();
         let (Some(key), Some(op), None) = (words.next(), words.next(), words.next()) else {
             return Err(invalid());
@@ -418,7 +416,10 @@ fn parse_requirement(part: &str) -> Result<Requirement, String> {
         ));
     }
     if let Some((key, value)) = part.split_once("==").or_else(|| part.split_once('=')) {
-        return Ok(Requirement::Equals(checked_key(key)?, checked_value(value)?));
+        return Ok(Requirement::Equals(
+            checked_key(key)?,
+            checked_value(value)?,
+        ));
     }
     Ok(Requirement::Exists(checked_key(part)?))
 }
@@ -459,11 +460,13 @@ async fn handle(State(state): State<Arc<Shared>>, request: Request) -> Response 
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join("&");
-    lock(&state.cluster).requests.push(if shown_query.is_empty() {
-        format!("{method} {path}")
-    } else {
-        format!("{method} {path}?{shown_query}")
-    });
+    lock(&state.cluster)
+        .requests
+        .push(if shown_query.is_empty() {
+            format!("{method} {path}")
+        } else {
+            format!("{method} {path}?{shown_query}")
+        });
     if method != Method::GET {
         return status(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -494,7 +497,11 @@ async fn handle(State(state): State<Arc<Shared>>, request: Request) -> Response 
                 "versions": ["v1"],
                 "serverAddressByClientCIDRs": [{
                     "clientCIDR": "0.0.0.0/0",
-                    "serverAddress": request.uri().authority().map(|a| a.to_string()).unwrap_or_default(),
+                    "serverAddress": request
+                        .headers()
+                        .get(header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .unwrap_or_default(),
                 }],
             }),
         ),
@@ -528,11 +535,7 @@ async fn handle(State(state): State<Arc<Shared>>, request: Request) -> Response 
             match cluster.pods.get(&(namespace.to_string(), name.to_string())) {
                 Some(pod) if wants_table(request.headers()) => json_response(
                     StatusCode::OK,
-                    table(
-                        std::slice::from_ref(pod),
-                        cluster.resource_version,
-                        &query,
-                    ),
+                    table(std::slice::from_ref(pod), cluster.resource_version, &query),
                 ),
                 Some(pod) => json_response(StatusCode::OK, pod.clone()),
                 None => status(
@@ -777,9 +780,7 @@ fn watch(
         }
         (
             receiver,
-            requested
-                .unwrap_or(0)
-                .max(cluster.resource_version),
+            requested.unwrap_or(0).max(cluster.resource_version),
         )
     };
 

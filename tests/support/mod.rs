@@ -79,7 +79,10 @@ pub(crate) fn percent_decode(text: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' => match text.get(i + 1..i + 3).map(|hex| u8::from_str_radix(hex, 16)) {
+            b'%' => match text
+                .get(i + 1..i + 3)
+                .map(|hex| u8::from_str_radix(hex, 16))
+            {
                 Some(Ok(byte)) => {
                     out.push(byte);
                     i += 2;
@@ -116,5 +119,7 @@ pub(crate) fn query_value<'a>(query: &'a [(String, String)], key: &str) -> Optio
 /// Locks without propagating poison: a test that panicked while holding the lock must not turn
 /// every later request of the fake into a panic as well.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -108,7 +108,9 @@ impl VvpSim {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the VVP simulator to 127.0.0.1:0");
-        let addr = listener.local_addr().expect("local address of the VVP simulator");
+        let addr = listener
+            .local_addr()
+            .expect("local address of the VVP simulator");
         let state = Arc::new(Mutex::new(Sim::new(opts)));
         let app = Router::new().fallback(handle).with_state(state.clone());
         let server = tokio::spawn(async move {
@@ -173,9 +175,7 @@ impl VvpSim {
             Value::Object(map) => map,
             other => panic!("seed_savepoint needs a JSON object, got {other}"),
         };
-        resource
-            .entry("apiVersion")
-            .or_insert_with(|| json!("v1"));
+        resource.entry("apiVersion").or_insert_with(|| json!("v1"));
         resource.entry("kind").or_insert_with(|| json!("Savepoint"));
         let mut sim = lock(&self.state);
         let namespace = sim.namespace.clone();
@@ -396,7 +396,10 @@ fn state_of(resource: &Value) -> &str {
 }
 
 fn bump_resource_version(resource: &mut Value) {
-    let next = resource["metadata"]["resourceVersion"].as_u64().unwrap_or(0) + 1;
+    let next = resource["metadata"]["resourceVersion"]
+        .as_u64()
+        .unwrap_or(0)
+        + 1;
     resource["metadata"]["resourceVersion"] = json!(next);
 }
 
@@ -567,7 +570,11 @@ impl Sim {
                 (StatusCode::OK, self.list(items))
             }
             (Method::GET, ["deployments", id]) => {
-                match self.deployments.iter().find(|d| d.id == *id || d.name == *id) {
+                match self
+                    .deployments
+                    .iter()
+                    .find(|d| d.id == *id || d.name == *id)
+                {
                     Some(d) => (StatusCode::OK, d.to_json(&self.namespace)),
                     None => message(
                         StatusCode::NOT_FOUND,
@@ -610,7 +617,11 @@ impl Sim {
     }
 
     fn get_savepoint(&self, id: &str) -> Answer {
-        match self.entries.iter().find(|e| savepoint_id(&e.resource) == id) {
+        match self
+            .entries
+            .iter()
+            .find(|e| savepoint_id(&e.resource) == id)
+        {
             Some(entry) => (StatusCode::OK, entry.resource.clone()),
             None => message(
                 StatusCode::NOT_FOUND,
@@ -706,7 +717,9 @@ impl Sim {
                     Some(other) => {
                         return message(
                             StatusCode::BAD_REQUEST,
-                            format!("metadata.type '{other}' is not one of FULL, INCREMENTAL, UNKNOWN"),
+                            format!(
+                                "metadata.type '{other}' is not one of FULL, INCREMENTAL, UNKNOWN"
+                            ),
                         );
                     }
                 };
@@ -764,9 +777,12 @@ impl Sim {
         if let Some(text) = self.deny_delete.get(id) {
             return message(StatusCode::CONFLICT, text.clone());
         }
-        let location = str_at(&self.entries[target].resource, &["spec", "savepointLocation"])
-            .filter(|l| !l.is_empty())
-            .map(str::to_string);
+        let location = str_at(
+            &self.entries[target].resource,
+            &["spec", "savepointLocation"],
+        )
+        .filter(|l| !l.is_empty())
+        .map(str::to_string);
         // VVP deletes every resource pointing at the same physical savepoint, and checks the
         // prerequisites on all of them.
         let group: Vec<usize> = match &location {
@@ -793,7 +809,10 @@ impl Sim {
                 .fail_deletion
                 .get(savepoint_id(&entry.resource))
                 .cloned();
-            entry.pending = Some(Pending::Deletion { since: now, failure });
+            entry.pending = Some(Pending::Deletion {
+                since: now,
+                failure,
+            });
             entry.resource["status"] = json!({ "state": "PENDING_DELETION" });
             entry.resource["metadata"]["modifiedAt"] = json!(now_utc);
             bump_resource_version(&mut entry.resource);

@@ -1,0 +1,326 @@
+//! Bad configs: one case per class of mistake, each asserting that the message names the field path and
+//! the value; and the binary's contract: exit 2, nothing triggered.
+
+use std::process::Command;
+
+use savepointd::config::{self, Error};
+
+const PLATFORM: &str = r#"
+platforms:
+  - name: vvp-prod
+    kind: vvp
+    url: http://127.0.0.1:9
+"#;
+
+/// Validates `yaml` and returns every problem as one text.
+fn problems(yaml: &str) -> String {
+    match config::from_yaml(yaml) {
+        Ok(_) => panic!("config was accepted:\n{yaml}"),
+        Err(Error::Invalid(p)) => p
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+fn with_apps(apps: &str) -> String {
+    format!("{PLATFORM}applications:\n{apps}")
+}
+
+fn assert_names(yaml: &str, needles: &[&str]) {
+    let text = problems(yaml);
+    for n in needles {
+        assert!(text.contains(n), "expected {n:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn a_good_config_is_accepted_with_defaults_filled_in() {
+    let c = config::from_yaml(&with_apps(
+        "  - name: fraud-detection\n    schedule: \"0 */6 * * *\"\n    retention: { keepLast: 4 }\n  - name: payments\n",
+    ))
+    .unwrap();
+    assert_eq!(c.applications.len(), 2);
+    let fraud = c.application("fraud-detection").unwrap();
+    assert_eq!(fraud.schedule.to_string(), "0 */6 * * *");
+    assert_eq!(fraud.retention.keep_last, 4);
+    assert_eq!(fraud.retention.min_keep, 1);
+    assert_eq!(fraud.retention.max_deletions_per_run, 20);
+    let payments = c.application("payments").unwrap();
+    assert_eq!(payments.schedule.to_string(), "0 1 * * *");
+    assert!(!payments.retention.is_enabled(), "no keep rule: retention off");
+    assert_eq!(payments.timeout.as_secs(), 15 * 60);
+    assert_eq!(c.server.listen.to_string(), "0.0.0.0:9090");
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.yaml")).unwrap();
+    let c = config::from_yaml(&text).unwrap();
+    assert!(!c.applications.is_empty());
+}
+
+#[test]
+fn unknown_fields_are_rejected_with_their_path() {
+    assert_names(
+        &format!("{PLATFORM}  - name: x\n    kind: vvp\n    url: http://a\n    maxConcurent: 3\napplications: []\n"),
+        &["platforms[1].maxConcurent", "unknown field", "maxConcurrent"],
+    );
+    assert_names(
+        &with_apps("  - name: a\n    schedul: \"@daily\"\n"),
+        &["applications[0].schedul", "unknown field"],
+    );
+    assert_names(&format!("{PLATFORM}sever: {{}}\n"), &["sever", "unknown field"]);
+    assert_names(
+        &format!("{PLATFORM}defaults:\n  retention:\n    keepLastt: 3\n"),
+        &["defaults.retention.keepLastt"],
+    );
+}
+
+#[test]
+fn wrong_types_name_the_field() {
+    assert_names(
+        &with_apps("  - name: a\n    paused: \"yes please\"\n"),
+        &["applications[0].paused", "yes please", "boolean"],
+    );
+}
+
+#[test]
+fn bad_cron_expressions() {
+    for (schedule, reason) in [
+        ("0 1 * *", "expected 5 fields"),
+        ("0 0 1 * * * 2027", "found 7"),
+        ("61 * * * *", "not a cron expression"),
+        ("@fortnightly", "unknown alias"),
+        ("@every soon", "@every needs a duration"),
+    ] {
+        assert_names(
+            &with_apps(&format!("  - name: a\n  - name: b\n    schedule: \"{schedule}\"\n")),
+            &["applications[1].schedule", schedule, reason],
+        );
+    }
+}
+
+#[test]
+fn a_bad_default_is_reported_once_under_defaults() {
+    let text = problems(&format!(
+        "{PLATFORM}defaults:\n  schedule: \"0 1 * *\"\napplications:\n  - name: a\n  - name: b\n"
+    ));
+    assert_eq!(text.matches("defaults.schedule").count(), 1, "{text}");
+}
+
+#[test]
+fn bad_timezones() {
+    assert_names(
+        &with_apps("  - name: a\n    timezone: Mars/Olympus\n"),
+        &["applications[0].timezone", "Mars/Olympus", "IANA"],
+    );
+    assert_names(
+        &format!("{PLATFORM}defaults:\n  timezone: CEST\napplications: []\n"),
+        &["defaults.timezone", "CEST"],
+    );
+}
+
+#[test]
+fn bad_durations() {
+    assert_names(
+        &with_apps("  - name: a\n    timeout: 15 minutes please\n"),
+        &["applications[0].timeout", "15 minutes please", "not a duration"],
+    );
+    assert_names(
+        &with_apps("  - name: a\n    retry: { backoff: 0s }\n"),
+        &["applications[0].retry.backoff", "greater than zero"],
+    );
+    assert_names(
+        &with_apps("  - name: a\n    retention: { keepWithin: forever }\n"),
+        &["applications[0].retention.keepWithin", "forever"],
+    );
+    assert_names(
+        &format!("server:\n  shutdownGrace: soon\n{PLATFORM}"),
+        &["server.shutdownGrace", "soon"],
+    );
+}
+
+#[test]
+fn platform_references() {
+    assert_names(
+        &with_apps("  - name: a\n    platform: vvp-staging\n"),
+        &["applications[0].platform", "vvp-staging", "no such platform", "vvp-prod"],
+    );
+    let two = format!(
+        "{PLATFORM}  - name: other\n    kind: vvp\n    url: http://127.0.0.1:10\napplications:\n  - name: a\n"
+    );
+    assert_names(&two, &["applications[0].platform", "more than one platform"]);
+    assert_names("applications:\n  - name: a\n", &["platforms", "at least one platform"]);
+}
+
+#[test]
+fn duplicate_names() {
+    assert_names(
+        &with_apps("  - name: a\n  - name: b\n  - name: a\n"),
+        &["applications[2].name", "duplicate application name", "applications[0]"],
+    );
+    assert_names(
+        &format!("{PLATFORM}  - name: vvp-prod\n    kind: vvp\n    url: http://b\n"),
+        &["platforms[1].name", "duplicate platform name"],
+    );
+}
+
+#[test]
+fn platform_fields() {
+    let platform = |extra: &str| {
+        format!("platforms:\n  - name: p\n    kind: vvp\n    url: http://127.0.0.1:9\n{extra}applications: []\n")
+    };
+    assert_names(
+        "platforms:\n  - name: p\n    kind: oracle\n    url: http://a\n",
+        &["platforms[0].kind", "oracle", "vvp, flink, cmf"],
+    );
+    assert_names(
+        "platforms:\n  - name: p\n    kind: vvp\n    url: vvp.example.com\n",
+        &["platforms[0].url", "vvp.example.com"],
+    );
+    assert_names(
+        &platform("    auth: { tokenFile: /a, tokenEnv: B }\n"),
+        &["platforms[0].auth", "not both"],
+    );
+    assert_names(&platform("    maxConcurrent: 0\n"), &["platforms[0].maxConcurrent"]);
+    assert_names(
+        &platform("    resolve: { via: dns }\n"),
+        &["platforms[0].resolve.via", "dns", "pods or api"],
+    );
+    assert_names(
+        &platform("    resolve: { selector: \"system=vvp,(\" }\n"),
+        &["platforms[0].resolve.selector", "unbalanced"],
+    );
+    assert_names(
+        &platform("    resolve: { via: api, nameLabel: x }\n"),
+        &["platforms[0].resolve.nameLabel", "only used with via: pods"],
+    );
+    assert_names(
+        &platform("    targetDirectory: file:///x\n"),
+        &["platforms[0].targetDirectory", "only for kind flink"],
+    );
+}
+
+#[test]
+fn retention_and_retry_bounds() {
+    assert_names(
+        &with_apps("  - name: a\n    retention: { keepLast: 3, minKeep: 0 }\n"),
+        &["applications[0].retention.minKeep", "at least 1"],
+    );
+    assert_names(
+        &with_apps("  - name: a\n    retention: { scope: everything }\n"),
+        &["applications[0].retention.scope", "everything", "managed, userRequested or all"],
+    );
+    assert_names(
+        &with_apps("  - name: a\n    retry: { maxAttempts: 0 }\n"),
+        &["applications[0].retry.maxAttempts"],
+    );
+    assert_names(
+        &with_apps("  - name: a\n    formatType: canonical\n"),
+        &["applications[0].formatType", "CANONICAL or NATIVE"],
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = problems(&with_apps(
+        "  - name: a\n    timezone: Nowhere\n    schedule: \"* *\"\n  - name: a\n",
+    ));
+    assert!(text.contains("applications[0].timezone"), "{text}");
+    assert!(text.contains("applications[0].schedule"), "{text}");
+    assert!(text.contains("applications[1].name"), "{text}");
+}
+
+fn savepointd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_savepointd"))
+}
+
+#[test]
+fn the_binary_exits_2_on_a_bad_config_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    // A listener stands where the platform would be: a started daemon would connect to it.
+    let platform = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    platform.set_nonblocking(true).unwrap();
+    let url = format!("http://{}", platform.local_addr().unwrap());
+    std::fs::write(
+        &path,
+        format!(
+            "server: {{ listen: 127.0.0.1:0 }}\nplatforms:\n  - name: p\n    kind: vvp\n    url: {url}\n    resolve: {{ via: api }}\napplications:\n  - name: a\n    schedule: \"@every 1s\"\n    timezone: Nowhere/Land\n"
+        ),
+    )
+    .unwrap();
+    for command in ["run", "once", "check-config", "status"] {
+        let out = savepointd()
+            .args(["--config", path.to_str().unwrap(), command])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{command}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("applications[0].timezone") && stderr.contains("Nowhere/Land"),
+            "{command}: {stderr}"
+        );
+    }
+    assert!(
+        platform.accept().is_err(),
+        "a bad config must not reach the platform"
+    );
+}
+
+#[test]
+fn environment_overrides_apply_and_are_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, with_apps("  - name: a\n")).unwrap();
+    let out = savepointd()
+        .args(["--config", path.to_str().unwrap(), "check-config"])
+        .env("SAVEPOINTD_DEFAULTS__SCHEDULE", "@every 10m")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("@every 10m"));
+
+    let out = savepointd()
+        .args(["--config", path.to_str().unwrap(), "check-config"])
+        .env("SAVEPOINTD_DEFAULTS__FORMAT_TYPE", "SNAPPY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("defaults.formatType"));
+}
+
+#[test]
+fn check_config_prints_the_plan_and_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(
+        &path,
+        "platforms:\n  - name: vvp-prod\n    kind: vvp\n    url: http://127.0.0.1:9\n    auth: { tokenEnv: VVP_TOKEN }\napplications:\n  - name: fraud-detection\n    schedule: \"0 1 * * *\"\n    timezone: Europe/Berlin\n  - name: payments\n    schedule: \"@daily-random\"\n",
+    )
+    .unwrap();
+    let out = savepointd()
+        .args(["--config", path.to_str().unwrap(), "check-config"])
+        .env("VVP_TOKEN", "s3cr3t-token-value")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "fraud-detection",
+        "vvp-prod",
+        "0 1 * * *",
+        "Europe/Berlin",
+        "@daily-random (",
+        "tokenEnv VVP_TOKEN",
+    ] {
+        assert!(text.contains(needle), "{needle} missing:\n{text}");
+    }
+    // 01:00 in Berlin is 00:00 UTC in winter and 23:00 UTC in summer: three next runs are listed.
+    let runs = text.matches("T00:00:00Z").count() + text.matches("T23:00:00Z").count();
+    assert!(runs >= 3, "{text}");
+    assert!(!text.contains("s3cr3t-token-value"));
+}
