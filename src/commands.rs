@@ -59,7 +59,14 @@ fn age(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
 /// The effective plan: platforms, then per application its platform, schedule, timezone and next three
 /// slots. Never prints a secret: only where a token comes from.
 pub fn check_config(config: &Config, now: DateTime<Utc>) -> String {
-    let mut platforms = table(&["platform", "kind", "url", "resolve", "auth", "maxConcurrent"]);
+    let mut platforms = table(&[
+        "platform",
+        "kind",
+        "url",
+        "resolve",
+        "auth",
+        "maxConcurrent",
+    ]);
     for p in &config.platforms {
         let resolve = match &p.resolve {
             Resolve::Api => "api".to_owned(),
@@ -246,7 +253,11 @@ pub async fn status(config: &Config, output: Output) -> Result<(String, bool)> {
                     (None, None) => "-".into(),
                 };
                 let last = s.last_completed.as_ref().map_or("never".into(), |sp| {
-                    format!("{} ({} ago)", rfc3339(sp.created_at), age(sp.created_at, now))
+                    format!(
+                        "{} ({} ago)",
+                        rfc3339(sp.created_at),
+                        age(sp.created_at, now)
+                    )
                 });
                 let flying = if s.in_flight.is_empty() {
                     "-".into()
@@ -339,7 +350,9 @@ pub async fn once(config: &Config, names: &[String], dry_run: bool) -> Result<(S
     if dry_run {
         for app in apps {
             let (outcome, detail) = match app.resolver.resolve(&app.config.name).await {
-                Ok(target) if app.config.paused => ("would skip".into(), format!("paused ({})", target.id)),
+                Ok(target) if app.config.paused => {
+                    ("would skip".into(), format!("paused ({})", target.id))
+                }
                 Ok(target) => match app.platform.list(&target).await {
                     Ok(h) => match h.iter().find(|s| s.state.is_in_flight()) {
                         Some(s) => ("would skip".into(), format!("savepoint {} in flight", s.id)),
@@ -369,12 +382,20 @@ pub async fn once(config: &Config, names: &[String], dry_run: bool) -> Result<(S
         ok &= outcome.is_ok();
         let (what, id, detail) = match outcome {
             Outcome::Completed { savepoint, adopted } => (
-                if adopted { "completed (adopted)" } else { "completed" },
+                if adopted {
+                    "completed (adopted)"
+                } else {
+                    "completed"
+                },
                 savepoint.id,
                 savepoint.location.unwrap_or_default(),
             ),
             Outcome::AlreadyDone(s) => ("already done", s.id, "this slot has its savepoint".into()),
-            Outcome::Skipped(skip) => ("skipped", "-".into(), format!("{}: {skip}", skip.category())),
+            Outcome::Skipped(skip) => (
+                "skipped",
+                "-".into(),
+                format!("{}: {skip}", skip.category()),
+            ),
             Outcome::Failed(f) => ("failed", "-".into(), f.to_string()),
         };
         t.add_row(vec![app.config.name.clone(), what.into(), id, detail]);

@@ -604,7 +604,11 @@ impl PlatformFile {
     fn validate(&self, path: &str, problems: &mut Problems) -> Option<Platform> {
         let before = problems.0.len();
         if self.name.trim().is_empty() {
-            problems.push(format!("{path}.name"), Some(&self.name), "must not be empty");
+            problems.push(
+                format!("{path}.name"),
+                Some(&self.name),
+                "must not be empty",
+            );
         }
         let kind = match self.kind.as_str() {
             "vvp" => Some(PlatformKind::Vvp),
@@ -645,8 +649,10 @@ impl PlatformFile {
                 None
             }
         };
-        let auth = self.auth.as_ref().and_then(|a| {
-            match (&a.token_file, &a.token_env) {
+        let auth = self
+            .auth
+            .as_ref()
+            .and_then(|a| match (&a.token_file, &a.token_env) {
                 (Some(file), None) => Some(Auth::TokenFile(file.clone())),
                 (None, Some(var)) => Some(Auth::TokenEnv(var.clone())),
                 (Some(_), Some(_)) => {
@@ -661,8 +667,7 @@ impl PlatformFile {
                     problems.push(format!("{path}.auth"), None, "set tokenFile or tokenEnv");
                     None
                 }
-            }
-        });
+            });
         let max_concurrent = self.max_concurrent.unwrap_or(DEFAULT_MAX_CONCURRENT);
         if max_concurrent == 0 {
             problems.push(
@@ -757,11 +762,7 @@ impl PlatformFile {
                     .selector
                     .unwrap_or_else(|| "system=ververica-platform".into());
                 if let Err(reason) = check_selector(&selector) {
-                    problems.push(
-                        format!("{path}.resolve.selector"),
-                        Some(&selector),
-                        reason,
-                    );
+                    problems.push(format!("{path}.resolve.selector"), Some(&selector), reason);
                 }
                 Some(Resolve::Pods(PodResolve {
                     namespace: r.kubernetes_namespace.unwrap_or_else(|| "default".into()),
@@ -893,12 +894,12 @@ impl ApplicationFile {
         Duration,
     )> {
         let before = problems.0.len();
-        let pick = |own: &Option<String>, inherited: &Option<String>, field: &str| {
-            match (own, inherited) {
-                (Some(v), _) => Some((format!("{path}.{field}"), v.clone())),
-                (None, Some(v)) => Some((format!("defaults.{field}"), v.clone())),
-                (None, None) => None,
-            }
+        let pick = |own: &Option<String>, inherited: &Option<String>, field: &str| match (
+            own, inherited,
+        ) {
+            (Some(v), _) => Some((format!("{path}.{field}"), v.clone())),
+            (None, Some(v)) => Some((format!("defaults.{field}"), v.clone())),
+            (None, None) => None,
         };
 
         let schedule = match pick(&self.schedule, &defaults.schedule, "schedule") {
@@ -988,7 +989,11 @@ fn validate_retry(
         &r.max_attempts
     }) {
         Some((p, 0)) => {
-            problems.push(p, Some("0"), "must be at least 1 (the first attempt counts)");
+            problems.push(
+                p,
+                Some("0"),
+                "must be at least 1 (the first attempt counts)",
+            );
             DEFAULT_MAX_ATTEMPTS
         }
         Some((_, n)) => n,

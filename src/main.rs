@@ -11,10 +11,18 @@ use savepointd::commands::{self, Output};
 use savepointd::config::{self, Config};
 
 #[derive(Parser)]
-#[command(version, about = "Scheduled Apache Flink savepoints by application name")]
+#[command(
+    version,
+    about = "Scheduled Apache Flink savepoints by application name"
+)]
 struct Cli {
     /// The config file.
-    #[arg(long, global = true, env = "SAVEPOINTD_CONFIG", default_value = "/etc/savepointd/config.yaml")]
+    #[arg(
+        long,
+        global = true,
+        env = "SAVEPOINTD_CONFIG",
+        default_value = "/etc/savepointd/config.yaml"
+    )]
     config: PathBuf,
     /// Log format; JSON by default when stderr is not a terminal. Level from RUST_LOG.
     #[arg(long, global = true, value_enum)]
@@ -120,7 +128,11 @@ fn init_tracing(format: Option<LogFormat>) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     if json {
-        builder.json().flatten_event(true).with_current_span(true).init();
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init();
     } else {
         builder.init();
     }

@@ -144,7 +144,10 @@ impl Metrics {
                 ]
             ))),
             skipped: register!(IntCounterVec::new(
-                opts("runs_skipped_total", "Slots that triggered nothing, by reason."),
+                opts(
+                    "runs_skipped_total",
+                    "Slots that triggered nothing, by reason."
+                ),
                 APP_REASON
             )),
             resolve_failures: register!(IntCounterVec::new(
@@ -155,7 +158,10 @@ impl Metrics {
                 APP_REASON
             )),
             retention_deleted: register!(IntCounterVec::new(
-                opts("retention_deleted_total", "Savepoints deleted by retention."),
+                opts(
+                    "retention_deleted_total",
+                    "Savepoints deleted by retention."
+                ),
                 APP
             )),
             retention_delete_failures: register!(IntCounterVec::new(
@@ -190,11 +196,17 @@ impl Metrics {
                 &["platform", "operation"]
             )),
             build_info: register!(IntGaugeVec::new(
-                opts("build_info", "Always 1; the version label says which build runs."),
+                opts(
+                    "build_info",
+                    "Always 1; the version label says which build runs."
+                ),
                 &["version"]
             )),
             config_info: register!(IntGaugeVec::new(
-                opts("config_info", "Always 1; the sha256 label identifies the config."),
+                opts(
+                    "config_info",
+                    "Always 1; the sha256 label identifies the config."
+                ),
                 &["sha256"]
             )),
             registry,
@@ -315,7 +327,11 @@ impl AppMetrics {
     }
 
     pub fn attempt(&self) {
-        self.metrics.0.attempts.with_label_values(&self.labels()).inc();
+        self.metrics
+            .0
+            .attempts
+            .with_label_values(&self.labels())
+            .inc();
     }
 
     pub fn success(&self, duration: Option<Duration>, completed_at: DateTime<Utc>) {
@@ -333,7 +349,11 @@ impl AppMetrics {
     /// Raises the last-success time (never lowers it: an adopted older savepoint must not make the
     /// application look staler than it is).
     pub fn last_success(&self, at: DateTime<Utc>) {
-        let g = self.metrics.0.last_success.with_label_values(&self.labels());
+        let g = self
+            .metrics
+            .0
+            .last_success
+            .with_label_values(&self.labels());
         let t = at.timestamp_millis() as f64 / 1000.0;
         if t > g.get() {
             g.set(t);

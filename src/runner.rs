@@ -20,7 +20,9 @@ use crate::runtime::App;
 pub enum Skip {
     Paused,
     /// Another savepoint of the application is still in flight.
-    InProgress { id: String },
+    InProgress {
+        id: String,
+    },
     Unresolved(resolve::Error),
 }
 
@@ -201,10 +203,8 @@ async fn run(app: &App, slot: DateTime<Utc>, shutdown: &CancellationToken) -> Ou
             Err(f) => f,
         };
         app.metrics.failure(failure.category());
-        let retryable = matches!(
-            failure,
-            Failure::Failed { .. } | Failure::Vanished { .. }
-        ) || matches!(&failure, Failure::Platform(e) if e.status().is_none_or(|s| s >= 500));
+        let retryable = matches!(failure, Failure::Failed { .. } | Failure::Vanished { .. })
+            || matches!(&failure, Failure::Platform(e) if e.status().is_none_or(|s| s >= 500));
         let attempts_so_far = spent + 1;
         if !retryable || attempts_so_far >= retry.max_attempts {
             return Outcome::Failed(failure);
@@ -225,7 +225,11 @@ async fn trigger(
     target: &Target,
     slot: DateTime<Utc>,
 ) -> Result<Result<Outcome, Failure>, Failure> {
-    let _permit = app.permits.acquire().await.expect("semaphore is never closed");
+    let _permit = app
+        .permits
+        .acquire()
+        .await
+        .expect("semaphore is never closed");
     let request = TriggerRequest {
         application: &app.config.name,
         slot,
@@ -245,7 +249,11 @@ async fn follow(
     savepoint: Savepoint,
     started: Option<Instant>,
 ) -> Result<Outcome, Failure> {
-    let _permit = app.permits.acquire().await.expect("semaphore is never closed");
+    let _permit = app
+        .permits
+        .acquire()
+        .await
+        .expect("semaphore is never closed");
     follow_held(app, target, savepoint, started).await
 }
 

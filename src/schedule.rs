@@ -18,7 +18,7 @@ use croner::parser::{CronParser, Seconds, Year};
 pub enum Schedule {
     /// A cron expression (5 fields, or 6 with seconds first, or an `@` alias), evaluated in the
     /// application's timezone. `spec` is what the operator wrote.
-    Cron { spec: String, cron: Cron },
+    Cron { spec: String, cron: Box<Cron> },
     /// `@every <duration>`: slots at whole multiples of the period since the Unix epoch, so they are the
     /// same instants whenever the daemon starts.
     Every(Duration),
@@ -68,7 +68,7 @@ impl Schedule {
             let cron = format!("{} {} * * *", minute_of_day % 60, minute_of_day / 60);
             return Ok(Schedule::Cron {
                 spec: format!("@daily-random ({cron})"),
-                cron: parser().parse(&cron).expect("generated cron parses"),
+                cron: Box::new(parser().parse(&cron).expect("generated cron parses")),
             });
         }
         if spec.starts_with('@') && !ALIASES.contains(&spec) {
@@ -88,12 +88,13 @@ impl Schedule {
             .map_err(|e| format!("not a cron expression: {e}"))?;
         Ok(Schedule::Cron {
             spec: spec.to_owned(),
-            cron,
+            cron: Box::new(cron),
         })
     }
 
     /// The first slot strictly after `after`.
     pub fn next_after(&self, after: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
+        let after = whole_seconds(after);
         match self {
             Schedule::Cron { cron, .. } => cron
                 .find_next_occurrence(&after.with_timezone(&tz), false)
@@ -109,6 +110,7 @@ impl Schedule {
 
     /// The latest slot at or before `now`.
     pub fn latest_at_or_before(&self, now: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
+        let now = whole_seconds(now);
         match self {
             Schedule::Cron { cron, .. } => cron
                 .find_previous_occurrence(&now.with_timezone(&tz), true)
@@ -145,6 +147,13 @@ impl Schedule {
     }
 }
 
+/// Slots are whole seconds: croner carries the sub-second part of its starting point into the
+/// occurrences it finds, and a slot must be the same instant however late in its second it was computed
+/// (it identifies the slot's savepoint).
+fn whole_seconds(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp(t.timestamp(), 0).unwrap_or(t)
+}
+
 fn parser() -> CronParser {
     CronParser::builder()
         .seconds(Seconds::Optional)
@@ -172,7 +181,10 @@ fn stable_hash(text: &str) -> u64 {
 
 /// How late a run started relative to its slot (zero when early, which a coarse clock can make happen).
 pub fn lateness(slot: DateTime<Utc>, fired: DateTime<Utc>) -> Duration {
-    (fired - slot).max(TimeDelta::zero()).to_std().unwrap_or_default()
+    (fired - slot)
+        .max(TimeDelta::zero())
+        .to_std()
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -219,12 +231,20 @@ mod tests {
     fn timezone_moves_the_slot() {
         // 01:00 in Berlin is 00:00 UTC in winter.
         assert_eq!(
-            next("0 1 * * *", "2026-11-19T23:30:00Z", chrono_tz::Europe::Berlin),
+            next(
+                "0 1 * * *",
+                "2026-11-19T23:30:00Z",
+                chrono_tz::Europe::Berlin
+            ),
             "2026-11-20T00:00:00+00:00"
         );
         // and 23:00 UTC the day before in summer.
         assert_eq!(
-            next("0 1 * * *", "2026-07-19T22:30:00Z", chrono_tz::Europe::Berlin),
+            next(
+                "0 1 * * *",
+                "2026-07-19T22:30:00Z",
+                chrono_tz::Europe::Berlin
+            ),
             "2026-07-19T23:00:00+00:00"
         );
     }
@@ -323,12 +343,28 @@ mod tests {
     }
 
     #[test]
+    fn slots_are_whole_seconds_whenever_they_are_computed() {
+        let s = Schedule::parse("*/10 * * * * *", "a").unwrap();
+        let now = at("2026-11-20T01:00:02.600Z");
+        assert_eq!(
+            s.latest_at_or_before(now, Tz::UTC).unwrap(),
+            at("2026-11-20T01:00:00Z")
+        );
+        assert_eq!(
+            s.next_after(now, Tz::UTC).unwrap(),
+            at("2026-11-20T01:00:10Z")
+        );
+        assert_eq!(
+            s.next_after(at("2026-11-20T01:00:09.999Z"), Tz::UTC)
+                .unwrap(),
+            at("2026-11-20T01:00:10Z")
+        );
+    }
+
+    #[test]
     fn lateness_is_never_negative() {
         let slot = at("2026-11-20T01:00:00Z");
-        assert_eq!(
-            lateness(slot, at("2026-11-20T00:59:59Z")),
-            Duration::ZERO
-        );
+        assert_eq!(lateness(slot, at("2026-11-20T00:59:59Z")), Duration::ZERO);
         assert_eq!(
             lateness(slot, at("2026-11-20T01:00:02Z")),
             Duration::from_secs(2)

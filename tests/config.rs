@@ -50,14 +50,18 @@ fn a_good_config_is_accepted_with_defaults_filled_in() {
     assert_eq!(fraud.retention.max_deletions_per_run, 20);
     let payments = c.application("payments").unwrap();
     assert_eq!(payments.schedule.to_string(), "0 1 * * *");
-    assert!(!payments.retention.is_enabled(), "no keep rule: retention off");
+    assert!(
+        !payments.retention.is_enabled(),
+        "no keep rule: retention off"
+    );
     assert_eq!(payments.timeout.as_secs(), 15 * 60);
     assert_eq!(c.server.listen.to_string(), "0.0.0.0:9090");
 }
 
 #[test]
 fn the_example_config_is_valid() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.yaml")).unwrap();
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.yaml"))
+        .unwrap();
     let c = config::from_yaml(&text).unwrap();
     assert!(!c.applications.is_empty());
 }
@@ -65,14 +69,23 @@ fn the_example_config_is_valid() {
 #[test]
 fn unknown_fields_are_rejected_with_their_path() {
     assert_names(
-        &format!("{PLATFORM}  - name: x\n    kind: vvp\n    url: http://a\n    maxConcurent: 3\napplications: []\n"),
-        &["platforms[1].maxConcurent", "unknown field", "maxConcurrent"],
+        &format!(
+            "{PLATFORM}  - name: x\n    kind: vvp\n    url: http://a\n    maxConcurent: 3\napplications: []\n"
+        ),
+        &[
+            "platforms[1].maxConcurent",
+            "unknown field",
+            "maxConcurrent",
+        ],
     );
     assert_names(
         &with_apps("  - name: a\n    schedul: \"@daily\"\n"),
         &["applications[0].schedul", "unknown field"],
     );
-    assert_names(&format!("{PLATFORM}sever: {{}}\n"), &["sever", "unknown field"]);
+    assert_names(
+        &format!("{PLATFORM}sever: {{}}\n"),
+        &["sever", "unknown field"],
+    );
     assert_names(
         &format!("{PLATFORM}defaults:\n  retention:\n    keepLastt: 3\n"),
         &["defaults.retention.keepLastt"],
@@ -97,7 +110,9 @@ fn bad_cron_expressions() {
         ("@every soon", "@every needs a duration"),
     ] {
         assert_names(
-            &with_apps(&format!("  - name: a\n  - name: b\n    schedule: \"{schedule}\"\n")),
+            &with_apps(&format!(
+                "  - name: a\n  - name: b\n    schedule: \"{schedule}\"\n"
+            )),
             &["applications[1].schedule", schedule, reason],
         );
     }
@@ -127,7 +142,11 @@ fn bad_timezones() {
 fn bad_durations() {
     assert_names(
         &with_apps("  - name: a\n    timeout: 15 minutes please\n"),
-        &["applications[0].timeout", "15 minutes please", "not a duration"],
+        &[
+            "applications[0].timeout",
+            "15 minutes please",
+            "not a duration",
+        ],
     );
     assert_names(
         &with_apps("  - name: a\n    retry: { backoff: 0s }\n"),
@@ -147,20 +166,35 @@ fn bad_durations() {
 fn platform_references() {
     assert_names(
         &with_apps("  - name: a\n    platform: vvp-staging\n"),
-        &["applications[0].platform", "vvp-staging", "no such platform", "vvp-prod"],
+        &[
+            "applications[0].platform",
+            "vvp-staging",
+            "no such platform",
+            "vvp-prod",
+        ],
     );
     let two = format!(
         "{PLATFORM}  - name: other\n    kind: vvp\n    url: http://127.0.0.1:10\napplications:\n  - name: a\n"
     );
-    assert_names(&two, &["applications[0].platform", "more than one platform"]);
-    assert_names("applications:\n  - name: a\n", &["platforms", "at least one platform"]);
+    assert_names(
+        &two,
+        &["applications[0].platform", "more than one platform"],
+    );
+    assert_names(
+        "applications:\n  - name: a\n",
+        &["platforms", "at least one platform"],
+    );
 }
 
 #[test]
 fn duplicate_names() {
     assert_names(
         &with_apps("  - name: a\n  - name: b\n  - name: a\n"),
-        &["applications[2].name", "duplicate application name", "applications[0]"],
+        &[
+            "applications[2].name",
+            "duplicate application name",
+            "applications[0]",
+        ],
     );
     assert_names(
         &format!("{PLATFORM}  - name: vvp-prod\n    kind: vvp\n    url: http://b\n"),
@@ -171,7 +205,9 @@ fn duplicate_names() {
 #[test]
 fn platform_fields() {
     let platform = |extra: &str| {
-        format!("platforms:\n  - name: p\n    kind: vvp\n    url: http://127.0.0.1:9\n{extra}applications: []\n")
+        format!(
+            "platforms:\n  - name: p\n    kind: vvp\n    url: http://127.0.0.1:9\n{extra}applications: []\n"
+        )
     };
     assert_names(
         "platforms:\n  - name: p\n    kind: oracle\n    url: http://a\n",
@@ -185,7 +221,10 @@ fn platform_fields() {
         &platform("    auth: { tokenFile: /a, tokenEnv: B }\n"),
         &["platforms[0].auth", "not both"],
     );
-    assert_names(&platform("    maxConcurrent: 0\n"), &["platforms[0].maxConcurrent"]);
+    assert_names(
+        &platform("    maxConcurrent: 0\n"),
+        &["platforms[0].maxConcurrent"],
+    );
     assert_names(
         &platform("    resolve: { via: dns }\n"),
         &["platforms[0].resolve.via", "dns", "pods or api"],
@@ -212,7 +251,11 @@ fn retention_and_retry_bounds() {
     );
     assert_names(
         &with_apps("  - name: a\n    retention: { scope: everything }\n"),
-        &["applications[0].retention.scope", "everything", "managed, userRequested or all"],
+        &[
+            "applications[0].retention.scope",
+            "everything",
+            "managed, userRequested or all",
+        ],
     );
     assert_names(
         &with_apps("  - name: a\n    retry: { maxAttempts: 0 }\n"),
@@ -281,7 +324,11 @@ fn environment_overrides_apply_and_are_validated() {
         .env("SAVEPOINTD_DEFAULTS__SCHEDULE", "@every 10m")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("@every 10m"));
 
     let out = savepointd()

@@ -27,7 +27,7 @@ const DEPLOYMENT_ID: &str = "5bd3bbd8-1a5e-4d1c-9f1e-2a6b7c8d9e0f";
 const OTHER_DEPLOYMENT_ID: &str = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
 
 /// Two Flink pods of `fraud-detection` (JobManager and TaskManager), a pod of another deployment,
-/// a pod that only shares the system label's absence, and one in another namespace.
+/// a pod with the same `deploymentName` that VVP did not launch, and a copy in another namespace.
 fn flink_cluster(kube: &KubeFake) {
     let vvp = |name: &'static str, id: &'static str| {
         [
@@ -1043,24 +1043,29 @@ async fn vvp_enforces_the_deletion_prerequisites() {
     })
     .await;
     assert!(gone.is_some(), "an accepted deletion removes the resource");
-    let remaining: BTreeSet<String> = sim
-        .savepoints()
-        .iter()
-        .map(|s| s["metadata"]["id"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(
-        remaining,
-        [
-            started,
-            incremental,
-            retained,
-            copied_unknown,
-            denied,
-            latest
-        ]
-        .map(String::from)
-        .into()
-    );
+    let expected: BTreeSet<String> = [
+        started,
+        incremental,
+        retained,
+        copied_unknown,
+        denied,
+        latest,
+    ]
+    .map(String::from)
+    .into();
+    let ids_now = || -> BTreeSet<String> {
+        sim.savepoints()
+            .iter()
+            .map(|s| s["metadata"]["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let settled = eventually(SETTLE, || {
+        let ids = ids_now();
+        let done = ids == expected;
+        async move { done.then_some(()) }
+    })
+    .await;
+    assert!(settled.is_some(), "remaining: {:?}", ids_now());
 
     // Once the deployment stops, its latest savepoint is no longer needed for recovery.
     sim.set_deployment_state(DEP, "CANCELLED");
@@ -1085,7 +1090,8 @@ async fn vvp_enforces_the_deletion_prerequisites() {
 #[tokio::test]
 async fn vvp_deletes_every_resource_of_a_shared_location() {
     let sim = VvpSim::start(VvpSimOptions {
-        delete_after: Duration::from_millis(500),
+        // Long enough for a poll to see each phase even on a busy machine.
+        delete_after: Duration::from_secs(1),
         ..Default::default()
     })
     .await;

@@ -2,7 +2,7 @@
 //! Kubernetes Secret works without a restart), request timeouts, retries with exponential backoff, and the
 //! `api_requests_total` / `api_request_duration_seconds` metrics.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
@@ -105,10 +105,13 @@ impl ApiClient {
         body: Option<&Value>,
         retry: Retry,
     ) -> Result<(Url, bytes::Bytes)> {
-        let url = self.base.join(path.trim_start_matches('/')).map_err(|e| Error::Setup {
-            platform: self.platform.clone(),
-            message: format!("bad path {path}: {e}"),
-        })?;
+        let url = self
+            .base
+            .join(path.trim_start_matches('/'))
+            .map_err(|e| Error::Setup {
+                platform: self.platform.clone(),
+                message: format!("bad path {path}: {e}"),
+            })?;
         let mut backoff = FIRST_BACKOFF;
         let mut tries = 0;
         loop {
@@ -249,11 +252,11 @@ impl TokenSource {
             Auth::TokenEnv(var) => std::env::var(var)
                 .map(|t| t.trim().to_owned())
                 .map_err(|_| format!("environment variable {var} (auth.tokenEnv) is not set")),
-            Auth::TokenFile(path) => self.from_file(path),
+            Auth::TokenFile(path) => self.read_file(path),
         }
     }
 
-    fn from_file(&self, path: &PathBuf) -> Result<String, String> {
+    fn read_file(&self, path: &Path) -> Result<String, String> {
         let modified = std::fs::metadata(path)
             .and_then(|m| m.modified())
             .map_err(|e| format!("auth.tokenFile {}: {e}", path.display()))?;
@@ -286,10 +289,7 @@ mod tests {
             error_message(StatusCode::BAD_REQUEST, br#"{"errors":["a","b"]}"#),
             "a; b"
         );
-        assert_eq!(
-            error_message(StatusCode::BAD_GATEWAY, b""),
-            "Bad Gateway"
-        );
+        assert_eq!(error_message(StatusCode::BAD_GATEWAY, b""), "Bad Gateway");
     }
 
     #[test]

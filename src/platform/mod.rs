@@ -66,7 +66,9 @@ impl Error {
             Error::Status { status, .. } if *status >= 500 => "server_error",
             Error::Status { status: 409, .. } => "conflict",
             Error::Status { status: 404, .. } => "not_found",
-            Error::Status { status: 401 | 403, .. } => "unauthorized",
+            Error::Status {
+                status: 401 | 403, ..
+            } => "unauthorized",
             Error::Status { .. } => "client_error",
             Error::Decode { .. } => "bad_answer",
             Error::Token { .. } => "token",

@@ -63,13 +63,18 @@ impl Platform for Vvp {
         let ids: Vec<String> = list
             .into_items()
             .into_iter()
-            .filter(|d| d.metadata.name == application || resolve::sanitize(&d.metadata.name) == wanted)
+            .filter(|d| {
+                d.metadata.name == application || resolve::sanitize(&d.metadata.name) == wanted
+            })
             .map(|d| d.metadata.id)
             .collect();
         resolve::unique(
             application,
             ids,
-            &format!("no deployment named {application} in VVP namespace {}", self.namespace),
+            &format!(
+                "no deployment named {application} in VVP namespace {}",
+                self.namespace
+            ),
             |id| format!("VVP deployment {id} in namespace {}", self.namespace),
         )
     }
@@ -275,7 +280,10 @@ mod tests {
         assert_eq!(s.state, State::Failed);
         assert_eq!(s.origin, Origin::UserRequest);
         assert_eq!(s.kind, SavepointType::Full);
-        assert_eq!(s.failure.as_deref(), Some("SAVEPOINT_FAILED: Checkpoint expired"));
+        assert_eq!(
+            s.failure.as_deref(),
+            Some("SAVEPOINT_FAILED: Checkpoint expired")
+        );
         let slot = "2026-11-20T01:00:00Z".parse().unwrap();
         assert!(s.is_managed_slot("fraud", slot));
         assert!(!s.is_managed_slot("other", slot));
@@ -297,9 +305,10 @@ mod tests {
 
     #[test]
     fn lists_come_in_both_shapes() {
-        let a: List<Value> =
-            serde_json::from_str(r#"{"apiVersion":"v1","kind":"ResourceList","metadata":{},"items":[1,2]}"#)
-                .unwrap();
+        let a: List<Value> = serde_json::from_str(
+            r#"{"apiVersion":"v1","kind":"ResourceList","metadata":{},"items":[1,2]}"#,
+        )
+        .unwrap();
         let b: List<Value> = serde_json::from_str("[1,2,3]").unwrap();
         assert_eq!(a.into_items().len(), 2);
         assert_eq!(b.into_items().len(), 3);

@@ -112,13 +112,21 @@ mod tests {
         assert_eq!(sanitize("  orders__v2 (EU) "), "orders-v2-eu");
         assert_eq!(sanitize("already-clean"), "already-clean");
         assert_eq!(sanitize(&"x".repeat(70)).len(), 63);
-        assert_eq!(sanitize(&format!("{}-tail", "a".repeat(62))), "a".repeat(62));
+        assert_eq!(
+            sanitize(&format!("{}-tail", "a".repeat(62))),
+            "a".repeat(62)
+        );
     }
 
     #[test]
     fn unique_names_every_id_when_ambiguous() {
-        let err = unique("fraud", vec!["b".into(), "a".into(), "b".into()], "pods", |_| String::new())
-            .unwrap_err();
+        let err = unique(
+            "fraud",
+            vec!["b".into(), "a".into(), "b".into()],
+            "pods",
+            |_| String::new(),
+        )
+        .unwrap_err();
         assert_eq!(
             err.to_string(),
             "application fraud: ambiguous, it resolves to 2 ids: a, b"
@@ -126,7 +134,10 @@ mod tests {
         assert_eq!(err.category(), "ambiguous");
         let err = unique("fraud", vec![], "no pod in flink", |_| String::new()).unwrap_err();
         assert_eq!(err.category(), "unresolved");
-        let ok = unique("fraud", vec!["a".into(), "a".into()], "", |id| format!("label {id}")).unwrap();
+        let ok = unique("fraud", vec!["a".into(), "a".into()], "", |id| {
+            format!("label {id}")
+        })
+        .unwrap();
         assert_eq!(ok.id, "a");
         assert_eq!(ok.source, "label a");
     }

@@ -71,6 +71,8 @@ def expected_files() -> dict[str, str]:
             extra=(
                 "# An alternative to savepointd.yaml (same object names), not an addition: a CronJob runs\n"
                 "# `savepointd once` every night at 01:00 for three VVP applications and keeps the newest 7.\n"
+                "# It reads the VVP API token from the Secret vvp-api-token (key token) and Flink pods in the\n"
+                "# namespace flink.\n"
             ),
         )
         + plain_manifests(cronjob_values),

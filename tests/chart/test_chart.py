@@ -485,6 +485,8 @@ BAD_VALUES = [
     ("flink without targetDirectory", {"platforms": [VVP | {"kind": "flink"}]}, ["/platforms/0", "targetDirectory"]),
     ("vvp with targetDirectory", {"platforms": [VVP | {"targetDirectory": "s3://b/x"}]}, ["/platforms/0"]),
     ("two token sources", {"platforms": [VVP | {"auth": {"tokenFile": "/t", "tokenEnv": "T"}}]}, ["/platforms/0/auth"]),
+    ("two CA sources", {"platforms": [VVP | {"tls": {"caFile": "/ca.pem", "existingConfigMap": {"name": "ca", "key": "ca"}}}]},
+     ["/platforms/0/tls/caFile"]),
     ("secret ref without key", {"platforms": [VVP | {"auth": {"existingSecret": {"name": "s"}}}]},
      ["/platforms/0/auth/existingSecret", "key"]),
     ("negative keepLast", {"defaults": {"retention": {"keepLast": -1}}}, ["/defaults/retention/keepLast"]),

@@ -403,6 +403,57 @@ fn bump_resource_version(resource: &mut Value) {
     resource["metadata"]["resourceVersion"] = json!(next);
 }
 
+/// Why a triggered savepoint of this deployment fails, if it does.
+fn trigger_failure(
+    failing: &HashMap<String, String>,
+    deployments: &[Deployment],
+    deployment_id: &str,
+) -> Option<String> {
+    if let Some(message) = failing.get(deployment_id) {
+        return Some(message.clone());
+    }
+    match deployments.iter().find(|d| d.id == deployment_id) {
+        None => Some(format!("Deployment {deployment_id} not found")),
+        Some(d) if d.state != "RUNNING" => Some(format!(
+            "Deployment {deployment_id} is in state {}; savepoints need a running job",
+            d.state
+        )),
+        Some(_) => None,
+    }
+}
+
+/// Ends a triggered savepoint at `at`: FAILED with `failure`, or COMPLETED at a new location.
+fn finish_trigger(resource: &mut Value, at: DateTime<Utc>, failure: Option<String>) {
+    let at = now_text(at);
+    match failure {
+        Some(message) => {
+            resource["status"] = json!({
+                "state": "FAILED",
+                "failure": { "reason": "SavepointFailed", "message": message, "failedAt": at },
+            });
+        }
+        None => {
+            // Flink names savepoint directories savepoint-<first 6 hex of the job id>-<12 hex>.
+            let job_prefix: String = str_at(resource, &["metadata", "jobId"])
+                .unwrap_or("")
+                .chars()
+                .filter(char::is_ascii_hexdigit)
+                .take(6)
+                .collect();
+            resource["spec"] = json!({
+                "savepointLocation": format!(
+                    "s3://flink/savepoints/savepoint-{job_prefix:0<6}-{}",
+                    random_hex(12)
+                ),
+                "flinkSavepointId": uuid_v4(),
+            });
+            resource["status"] = json!({ "state": "COMPLETED" });
+        }
+    }
+    resource["metadata"]["modifiedAt"] = json!(at);
+    bump_resource_version(resource);
+}
+
 impl Sim {
     fn new(opts: VvpSimOptions) -> Self {
         Self {
@@ -433,7 +484,6 @@ impl Sim {
     fn advance(&mut self) {
         let now = Instant::now();
         let now_utc = Utc::now();
-        let mut finished = 0;
         let mut index = 0;
         while index < self.entries.len() {
             let entry = &mut self.entries[index];
@@ -441,89 +491,41 @@ impl Sim {
                 .unwrap_or("")
                 .to_string();
             match &entry.pending {
-                Some(Pending::Trigger { due, due_at }) => {
-                    if now >= *due && !self.held.contains(&deployment_id) {
-                        let at = now_text(*due_at);
-                        let deployment = self.deployments.iter().find(|d| d.id == deployment_id);
-                        let failure = match (self.failing.get(&deployment_id), deployment) {
-                            (Some(message), _) => Some(message.clone()),
-                            (None, Some(d)) if d.state != "RUNNING" => Some(format!(
-                                "Deployment {deployment_id} is in state {}; savepoints need a running job",
-                                d.state
-                            )),
-                            (None, None) => Some(format!("Deployment {deployment_id} not found")),
-                            _ => None,
-                        };
-                        let resource = &mut entry.resource;
-                        match failure {
-                            Some(message) => {
-                                resource["status"] = json!({
-                                    "state": "FAILED",
-                                    "failure": {
-                                        "reason": "SavepointFailed",
-                                        "message": message,
-                                        "failedAt": at,
-                                    },
-                                });
-                            }
-                            None => {
-                                let job_id = str_at(resource, &["metadata", "jobId"]).unwrap_or("");
-                                let job_prefix: String = job_id
-                                    .chars()
-                                    .filter(char::is_ascii_hexdigit)
-                                    .take(6)
-                                    .collect();
-                                let location = format!(
-                                    "s3://flink/savepoints/savepoint-{job_prefix:0<6}-{}",
-                                    random_hex(12)
-                                );
-                                resource["spec"] = json!({
-                                    "savepointLocation": location,
-                                    "flinkSavepointId": uuid_v4(),
-                                });
-                                resource["status"] = json!({ "state": "COMPLETED" });
-                            }
-                        }
-                        resource["metadata"]["modifiedAt"] = json!(at);
-                        bump_resource_version(resource);
-                        entry.pending = None;
-                        finished += 1;
-                    }
+                Some(Pending::Trigger { due, due_at })
+                    if now >= *due && !self.held.contains(&deployment_id) =>
+                {
+                    let failure = trigger_failure(&self.failing, &self.deployments, &deployment_id);
+                    finish_trigger(&mut entry.resource, *due_at, failure);
+                    entry.pending = None;
+                    self.started_now -= 1;
                 }
                 Some(Pending::Deletion { since, failure }) => {
                     let elapsed = now.saturating_duration_since(*since);
-                    if elapsed >= self.delete_after {
-                        match failure.clone() {
-                            Some(message) => {
-                                entry.resource["status"] = json!({
-                                    "state": "FAILED_DELETION",
-                                    "failure": {
-                                        "reason": "DeletionFailed",
-                                        "message": message,
-                                        "failedAt": now_text(now_utc),
-                                    },
-                                });
-                                entry.resource["metadata"]["modifiedAt"] = json!(now_text(now_utc));
-                                bump_resource_version(&mut entry.resource);
-                                entry.pending = None;
-                            }
-                            None => {
-                                self.entries.remove(index);
-                                continue;
-                            }
+                    if elapsed < self.delete_after {
+                        if elapsed >= self.delete_after * 2 / 5
+                            && state_of(&entry.resource) == "PENDING_DELETION"
+                        {
+                            entry.resource["status"]["state"] = json!("DELETING");
+                            bump_resource_version(&mut entry.resource);
                         }
-                    } else if elapsed >= self.delete_after * 2 / 5
-                        && state_of(&entry.resource) == "PENDING_DELETION"
-                    {
-                        entry.resource["status"]["state"] = json!("DELETING");
+                    } else if let Some(message) = failure.clone() {
+                        let at = now_text(now_utc);
+                        entry.resource["status"] = json!({
+                            "state": "FAILED_DELETION",
+                            "failure": { "reason": "DeletionFailed", "message": message, "failedAt": at },
+                        });
+                        entry.resource["metadata"]["modifiedAt"] = json!(at);
                         bump_resource_version(&mut entry.resource);
+                        entry.pending = None;
+                    } else {
+                        self.entries.remove(index);
+                        continue;
                     }
                 }
-                None => {}
+                _ => {}
             }
             index += 1;
         }
-        self.started_now -= finished;
     }
 
     fn route(

@@ -62,9 +62,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{/*
-The namespaces whose pods savepointd watches, as a JSON list: rbac.namespaces when set, else every
-resolve.kubernetesNamespace of a platform that resolves names through pods (the daemon's defaults:
-via pods for kind vvp, api otherwise; namespace "default").
+The namespaces whose pods savepointd watches, as a JSON list: every resolve.kubernetesNamespace of a
+platform that resolves names through pods (with the daemon's defaults: via pods for kind vvp, api
+otherwise; namespace "default").
 */}}
 {{- define "savepointd.podNamespaces" -}}
 {{- $namespaces := list }}
@@ -77,6 +77,7 @@ via pods for kind vvp, api otherwise; namespace "default").
 {{- $namespaces | uniq | toJson }}
 {{- end }}
 
+{{/* Where the Roles go: rbac.namespaces when set (checked to contain the watched ones), else those. */}}
 {{- define "savepointd.rbacNamespaces" -}}
 {{- if .Values.rbac.namespaces }}
 {{- .Values.rbac.namespaces | toJson }}

@@ -1,0 +1,454 @@
+//! End to end: the daemon, in-process through `savepointd::run_on`, against the VVP simulator and the
+//! fake Kubernetes API server, on seconds-level schedules.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use support::eventually;
+use support::kube_fake::KubeFake;
+use support::vvp_sim::{VvpSim, VvpSimOptions};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const TOKEN: &str = "vvp-test-token";
+
+/// A daemon started in-process, stopped by `stop`.
+struct Daemon {
+    url: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<savepointd::Result<()>>,
+}
+
+impl Daemon {
+    async fn start(yaml: &str) -> Daemon {
+        let config = savepointd::config::from_yaml(yaml).expect("test config is valid");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(savepointd::run_on(listener, config, async {
+            let _ = stopped.await;
+        }));
+        Daemon {
+            url,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        let r = reqwest::get(format!("{}{path}", self.url)).await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    /// The value of one sample of `/metrics`, e.g. `savepointd_savepoint_success_total{application="a",platform="vvp"}`.
+    async fn metric(&self, series: &str) -> Option<f64> {
+        let (_, text) = self.get("/metrics").await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+    }
+
+    /// Stops the daemon and returns how long the shutdown took.
+    async fn stop(mut self) -> Duration {
+        let t = std::time::Instant::now();
+        self.stop.take().unwrap().send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(30), &mut self.task)
+            .await
+            .expect("daemon stops within 30 s")
+            .expect("daemon task did not panic")
+            .expect("daemon ended cleanly");
+        t.elapsed()
+    }
+}
+
+struct Fixture {
+    vvp: VvpSim,
+    kube: KubeFake,
+    dir: tempfile::TempDir,
+}
+
+/// Three VVP deployments with their JobManager and TaskManager pods, as VVP labels them.
+const APPS: [(&str, &str); 3] = [
+    ("Fraud Detection", "11111111-1111-4111-8111-111111111111"),
+    ("payments", "22222222-2222-4222-8222-222222222222"),
+    ("clickstream", "33333333-3333-4333-8333-333333333333"),
+];
+
+async fn fixture(options: VvpSimOptions) -> Fixture {
+    let vvp = VvpSim::start(VvpSimOptions {
+        token: Some(TOKEN.into()),
+        ..options
+    })
+    .await;
+    let kube = KubeFake::start().await;
+    for (name, id) in APPS {
+        vvp.add_deployment(name, id, "RUNNING");
+        let label = savepointd::resolve::sanitize(name);
+        for role in ["jobmanager", "taskmanager"] {
+            kube.add_pod(
+                "flink",
+                &format!("job-{id}-{role}-0"),
+                &[
+                    ("app", "flink-job"),
+                    ("system", "ververica-platform"),
+                    ("vvpNamespace", "default"),
+                    ("deploymentId", id),
+                    ("deploymentName", &label),
+                    ("component", role),
+                ],
+            );
+        }
+    }
+    // Same labels in another namespace, and a foreign pod in the watched one: neither may be used.
+    kube.add_pod(
+        "other",
+        "elsewhere",
+        &[
+            ("system", "ververica-platform"),
+            ("deploymentName", "payments"),
+            ("deploymentId", "wrong"),
+        ],
+    );
+    kube.add_pod(
+        "flink",
+        "unrelated",
+        &[
+            ("deploymentName", "payments"),
+            ("deploymentId", "wrong-too"),
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
+    Fixture { vvp, kube, dir }
+}
+
+impl Fixture {
+    fn config(&self, platform_extra: &str, apps: &str) -> String {
+        let kubeconfig = self.kube.write_kubeconfig(self.dir.path());
+        format!(
+            r#"
+server: {{ listen: "127.0.0.1:0", shutdownGrace: 2s }}
+kubernetes: {{ kubeconfig: {kubeconfig} }}
+defaults:
+  retry: {{ maxAttempts: 2, backoff: 200ms }}
+platforms:
+  - name: vvp
+    kind: vvp
+    url: {url}
+    auth: {{ tokenFile: {token} }}
+    maxConcurrent: 8
+    requestTimeout: 5s
+    resolve: {{ via: pods, kubernetesNamespace: flink, selector: system=ververica-platform }}
+{platform_extra}
+applications:
+{apps}
+"#,
+            kubeconfig = kubeconfig.display(),
+            url = self.vvp.url,
+            token = self.dir.path().join("token").display(),
+        )
+    }
+}
+
+fn annotation<'a>(savepoint: &'a Value, key: &str) -> &'a str {
+    savepoint["metadata"]["annotations"][key]
+        .as_str()
+        .unwrap_or_default()
+}
+
+fn slot_of(savepoint: &Value) -> DateTime<Utc> {
+    annotation(savepoint, "savepointd.io/slot").parse().unwrap()
+}
+
+/// Triggers grouped by application annotation.
+fn triggers_by_app(vvp: &VvpSim) -> BTreeMap<String, Vec<Value>> {
+    let mut map: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for t in vvp.triggers() {
+        map.entry(annotation(&t, "savepointd.io/application").to_owned())
+            .or_default()
+            .push(t);
+    }
+    map
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_applications_get_their_savepoint_at_every_slot() {
+    let f = fixture(VvpSimOptions {
+        complete_after: Duration::from_millis(300),
+        ..Default::default()
+    })
+    .await;
+    let apps: String = APPS
+        .iter()
+        .map(|(name, _)| format!("  - name: {name}\n    schedule: \"*/2 * * * * *\"\n"))
+        .chain(["  - name: ghost\n    schedule: \"*/2 * * * * *\"\n".to_owned()])
+        .collect();
+    let daemon = Daemon::start(&f.config("", &apps)).await;
+
+    let ready = eventually(Duration::from_secs(15), || async {
+        (daemon.get("/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    assert!(ready.is_some(), "the daemon became ready");
+    assert_eq!(daemon.get("/healthz").await.0, 200);
+    let kube_requests_when_ready = f.kube.request_count();
+
+    // Three slots for each of the three applications.
+    let done = eventually(Duration::from_secs(30), || async {
+        let by_app = triggers_by_app(&f.vvp);
+        (APPS
+            .iter()
+            .all(|(name, _)| by_app.get(*name).is_some_and(|t| t.len() >= 3)))
+        .then_some(())
+    })
+    .await;
+    assert!(done.is_some(), "triggers: {:#?}", f.vvp.triggers());
+    // Let the last savepoints complete and be recorded.
+    let recorded = eventually(Duration::from_secs(10), || async {
+        let all = APPS.iter().map(|(name, _)| {
+            format!("savepointd_savepoint_success_total{{application=\"{name}\",platform=\"vvp\"}}")
+        });
+        let mut ok = true;
+        for series in all {
+            ok &= daemon.metric(&series).await.unwrap_or(0.0) >= 3.0;
+        }
+        ok.then_some(())
+    })
+    .await;
+    assert!(recorded.is_some(), "{}", daemon.get("/metrics").await.1);
+    let kube_requests_at_end = f.kube.request_count();
+    let metrics = daemon.get("/metrics").await.1;
+    let shutdown = daemon.stop().await;
+
+    let by_app = triggers_by_app(&f.vvp);
+    assert_eq!(
+        by_app.keys().cloned().collect::<BTreeSet<_>>(),
+        APPS.iter().map(|(n, _)| n.to_string()).collect(),
+        "only the resolvable applications were triggered (ghost has no pod)"
+    );
+    for (name, id) in APPS {
+        let triggers = &by_app[name];
+        let slots: Vec<DateTime<Utc>> = triggers.iter().map(slot_of).collect();
+        let unique: BTreeSet<_> = slots.iter().collect();
+        assert_eq!(
+            unique.len(),
+            slots.len(),
+            "{name}: one savepoint per slot: {slots:?}"
+        );
+        for t in triggers {
+            assert_eq!(
+                t["metadata"]["deploymentId"], id,
+                "{name} resolved to its deploymentId"
+            );
+            assert_eq!(annotation(t, "savepointd.io/managed-by"), "savepointd");
+            assert_eq!(
+                slot_of(t).timestamp() % 2,
+                0,
+                "slots are the schedule's even seconds"
+            );
+        }
+        // One run at a time per application: each savepoint was triggered after the previous one completed.
+        for pair in triggers.windows(2) {
+            let created = |v: &Value| -> DateTime<Utc> {
+                v["metadata"]["createdAt"]
+                    .as_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            };
+            let gap = created(&pair[1]) - created(&pair[0]);
+            assert!(
+                gap.num_milliseconds() >= 300,
+                "{name}: overlapping savepoints {gap}"
+            );
+        }
+    }
+    // Every request carried the token from the file.
+    assert!(
+        f.vvp
+            .requests()
+            .iter()
+            .all(|r| r.authorization.as_deref() == Some(&format!("Bearer {TOKEN}"))),
+    );
+    assert_eq!(
+        kube_requests_at_end,
+        kube_requests_when_ready,
+        "ticks made no Kubernetes API request: {:#?}",
+        f.kube.requests()
+    );
+    for needle in [
+        r#"savepointd_runs_skipped_total{application="ghost",platform="vvp",reason="not_running"}"#,
+        r#"savepointd_resolve_failures_total{application="ghost",platform="vvp",reason="unresolved"}"#,
+        r#"savepointd_savepoint_last_status{application="payments",platform="vvp"} 1"#,
+        r#"savepointd_schedule_expected_interval_seconds{application="payments",platform="vvp"} 2"#,
+        "savepointd_schedule_lateness_seconds_count",
+        r#"savepointd_api_requests_total{code="201",operation="trigger",platform="vvp"}"#,
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing from\n{metrics}");
+    }
+    assert!(
+        shutdown < Duration::from_secs(3),
+        "shutdown took {shutdown:?}"
+    );
+}
+
+/// Starts a daemon for one held application and returns it with the first savepoint it triggered.
+async fn first_trigger(f: &Fixture, yaml: &str) -> (Daemon, Value) {
+    let daemon = Daemon::start(yaml).await;
+    let triggered = eventually(Duration::from_secs(25), || async {
+        f.vvp.triggers().first().cloned()
+    })
+    .await
+    .expect("a first savepoint was triggered");
+    (daemon, triggered)
+}
+
+fn assert_one_savepoint_per_slot(vvp: &VvpSim, slot: DateTime<Utc>) {
+    let triggers = vvp.triggers();
+    let for_slot = triggers.iter().filter(|t| slot_of(t) == slot).count();
+    assert_eq!(
+        for_slot, 1,
+        "no duplicate for the interrupted slot: {triggers:#?}"
+    );
+    let slots: Vec<_> = triggers.iter().map(slot_of).collect();
+    let unique: BTreeSet<_> = slots.iter().collect();
+    assert_eq!(
+        unique.len(),
+        slots.len(),
+        "one savepoint per slot: {slots:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_savepoint_in_flight_at_restart_is_adopted_and_followed() {
+    let f = fixture(VvpSimOptions::default()).await;
+    let (name, id) = APPS[1];
+    f.vvp.hold_savepoints_of(id);
+    let yaml = f.config(
+        "",
+        &format!("  - name: {name}\n    schedule: \"*/3 * * * * *\"\n    startingDeadline: 1m\n"),
+    );
+    let (first, triggered) = first_trigger(&f, &yaml).await;
+    // Stopped while the savepoint is in flight: the wait is abandoned after the grace period.
+    first.stop().await;
+    assert_eq!(
+        f.vvp.started_now(),
+        1,
+        "the savepoint is still in flight on the platform"
+    );
+
+    let second = Daemon::start(&yaml).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    f.vvp.release_savepoints_of(id);
+    let success =
+        format!("savepointd_savepoint_success_total{{application=\"{name}\",platform=\"vvp\"}}");
+    let adopted = eventually(Duration::from_secs(15), || async {
+        (second.metric(&success).await.unwrap_or(0.0) >= 1.0).then_some(())
+    })
+    .await;
+    assert!(
+        adopted.is_some(),
+        "the restarted daemon followed it to COMPLETED: {}",
+        second.get("/metrics").await.1
+    );
+    // Let a later slot pass, then stop.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    second.stop().await;
+    assert_one_savepoint_per_slot(&f.vvp, slot_of(&triggered));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_completed_while_the_daemon_was_down_is_not_triggered_again() {
+    let f = fixture(VvpSimOptions::default()).await;
+    let (name, id) = APPS[2];
+    f.vvp.hold_savepoints_of(id);
+    // Slots 10 s apart: the restart below happens well inside the slot, so the restarted daemon's
+    // catch-up looks at the very slot whose savepoint completed while it was down.
+    let yaml = f.config(
+        "",
+        &format!("  - name: {name}\n    schedule: \"*/10 * * * * *\"\n    startingDeadline: 1m\n"),
+    );
+    // The first daemon runs no catch-up slot (its deadline is tiny), so its savepoint is for a slot that
+    // has just begun.
+    let (first, triggered) = first_trigger(
+        &f,
+        &yaml.replace("startingDeadline: 1m", "startingDeadline: 1s"),
+    )
+    .await;
+    let slot = slot_of(&triggered);
+    first.stop().await;
+    f.vvp.release_savepoints_of(id);
+    let completed = eventually(Duration::from_secs(5), || async {
+        (f.vvp.started_now() == 0).then_some(())
+    })
+    .await;
+    assert!(completed.is_some());
+    let restarted_at = Utc::now();
+    assert!(
+        restarted_at < slot + chrono::Duration::seconds(9),
+        "restart is inside the slot"
+    );
+
+    let second = Daemon::start(&yaml).await;
+    let ready = eventually(Duration::from_secs(10), || async {
+        (second.get("/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    assert!(ready.is_some());
+    // Give the catch-up run time to decide, but stop before the next slot.
+    let before_next = (slot + chrono::Duration::milliseconds(9_500) - Utc::now())
+        .to_std()
+        .unwrap_or_default();
+    tokio::time::sleep(before_next.min(Duration::from_secs(3))).await;
+    second.stop().await;
+    assert_one_savepoint_per_slot(&f.vvp, slot);
+    assert_eq!(f.vvp.triggers().len(), 1, "{:#?}", f.vvp.triggers());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_waits_for_the_pod_cache() {
+    let f = fixture(VvpSimOptions::default()).await;
+    // A kubeconfig pointing at a port where no API server answers: the cache can never sync.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let kubeconfig = f.dir.path().join("dead-kubeconfig");
+    write_kubeconfig(&kubeconfig, &dead);
+    let yaml = f
+        .config("", "  - name: payments\n    schedule: \"* * * * * *\"\n")
+        .replace(
+            &f.dir.path().join("kubeconfig").display().to_string(),
+            &kubeconfig.display().to_string(),
+        );
+    assert!(yaml.contains("dead-kubeconfig"), "{yaml}");
+    let daemon = Daemon::start(&yaml).await;
+    let health = eventually(Duration::from_secs(5), || async {
+        (daemon.get("/healthz").await.0 == 200).then_some(())
+    })
+    .await;
+    assert!(health.is_some());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (code, body) = daemon.get("/readyz").await;
+    assert_eq!(code, 503);
+    assert!(body.contains("pod caches not synced"), "{body}");
+    assert!(
+        f.vvp.triggers().is_empty(),
+        "nothing runs before the cache synced"
+    );
+    daemon.stop().await;
+}
+
+fn write_kubeconfig(path: &Path, server: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\nusers:\n- name: u\n  user: {{}}\n"
+        ),
+    )
+    .unwrap();
+}
