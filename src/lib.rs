@@ -12,6 +12,7 @@
 //!   `platform/vvp.rs` the one place that knows Ververica Platform's wire format.
 //! - [`resolve`]: application name -> [`platform::Target`], from a Kubernetes pod watch cache
 //!   (`resolve/pods.rs`) or through the platform's API.
+//! - [`retention`]: the pure retention planner: which savepoints to delete and why each other one stays.
 //! - [`runtime`]: wires a config to live platform clients, resolvers and per-platform permit pools.
 //! - [`runner`]: one slot of one application: resolve, guard, trigger, wait, retry; adoption after a
 //!   restart.
@@ -25,6 +26,7 @@ pub mod config;
 pub mod metrics;
 pub mod platform;
 pub mod resolve;
+pub mod retention;
 pub mod runner;
 pub mod runtime;
 pub mod schedule;

@@ -3,7 +3,6 @@
 //! costs no request to the API server however many applications there are.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -20,7 +19,9 @@ use crate::platform::Target;
 pub struct PodIndex {
     store: Store<Pod>,
     config: Arc<PodResolve>,
-    synced: Arc<AtomicBool>,
+    /// Set once the first list arrived. Waiters use this rather than `Store::wait_until_ready`, which
+    /// wakes only one of several concurrent waiters.
+    synced: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl PodIndex {
@@ -35,7 +36,7 @@ impl PodIndex {
         let index = PodIndex {
             store: store.clone(),
             config: Arc::new(config.clone()),
-            synced: Arc::new(AtomicBool::new(false)),
+            synced: Arc::new(tokio::sync::watch::Sender::new(false)),
         };
         let api: Api<Pod> = Api::namespaced(client, &config.namespace);
         let stream = watcher(api, watcher::Config::default().labels(&config.selector))
@@ -54,7 +55,7 @@ impl PodIndex {
             });
             let mark_synced = async {
                 if store.wait_until_ready().await.is_ok() {
-                    synced.store(true, Ordering::Release);
+                    synced.send_replace(true);
                     tracing::info!(namespace = %namespace, pods = store.state().len(), "pod cache synced");
                 }
                 futures::future::pending::<()>().await
@@ -69,13 +70,14 @@ impl PodIndex {
     }
 
     pub fn is_synced(&self) -> bool {
-        self.synced.load(Ordering::Acquire)
+        *self.synced.borrow()
     }
 
     /// Waits until the cache has listed the pods once, or `shutdown` is cancelled.
     pub async fn wait_synced(&self, shutdown: &CancellationToken) -> bool {
+        let mut synced = self.synced.subscribe();
         tokio::select! {
-            r = self.store.wait_until_ready() => r.is_ok(),
+            r = synced.wait_for(|s| *s) => r.is_ok(),
             _ = shutdown.cancelled() => false,
         }
     }

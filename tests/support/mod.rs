@@ -6,6 +6,7 @@
 //! - `kube_fake`: a Kubernetes API server small enough to read, big enough for kube-rs list/watch and
 //!   for the real `kubectl`.
 
+pub mod fixture;
 pub mod kube_fake;
 pub mod vvp_sim;
 

@@ -1,0 +1,279 @@
+//! One pass (`once`), `resolve` and `status` against the VVP simulator and the fake Kubernetes API,
+//! through the library calls the CLI makes: retries, failures, the in-flight guard, concurrency limits,
+//! timeouts and resolution errors.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::fixture::{APPS, Fixture, annotation, fixture};
+use support::vvp_sim::VvpSimOptions;
+
+use savepointd::commands::{self, Output};
+use savepointd::config::Config;
+
+fn config(f: &Fixture, platform_extra: &str, apps: &str) -> Config {
+    savepointd::config::from_yaml(&f.config(platform_extra, apps)).expect("test config is valid")
+}
+
+fn app(name: &str, extra: &str) -> String {
+    format!("  - name: {name}\n{extra}")
+}
+
+async fn once(config: &Config, apps: &[&str]) -> (String, bool) {
+    let names: Vec<String> = apps.iter().map(|s| s.to_string()).collect();
+    commands::once(config, &names, false)
+        .await
+        .expect("once runs")
+}
+
+fn posts(f: &Fixture) -> usize {
+    f.vvp
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST")
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_savepoint_is_retried_then_reported_with_the_platforms_message() {
+    let f = fixture(VvpSimOptions::default()).await;
+    let (name, id) = APPS[1];
+    f.vvp
+        .fail_savepoints_of(id, "Checkpoint expired before completing");
+    let c = config(&f, "", &app(name, ""));
+    let (text, ok) = once(&c, &[name]).await;
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("Checkpoint expired before completing"),
+        "{text}"
+    );
+    let triggers = f.vvp.triggers();
+    assert_eq!(triggers.len(), 2, "maxAttempts 2: {triggers:#?}");
+    assert_eq!(
+        annotation(&triggers[0], "savepointd.io/slot"),
+        annotation(&triggers[1], "savepointd.io/slot"),
+        "both attempts belong to one slot"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_and_dropped_connections_are_retried() {
+    let f = fixture(VvpSimOptions::default()).await;
+    let (name, _) = APPS[1];
+    let c = config(&f, "", &app(name, ""));
+    f.vvp.fail_next(2, 503);
+    f.vvp.drop_next(1);
+    let (text, ok) = once(&c, &[name]).await;
+    assert!(ok, "{text}");
+    assert!(text.contains("completed"), "{text}");
+    assert_eq!(
+        f.vvp.triggers().len(),
+        1,
+        "one savepoint despite the errors"
+    );
+    let statuses: Vec<u16> = f.vvp.requests().iter().map(|r| r.status).collect();
+    let count = |code| statuses.iter().filter(|s| **s == code).count();
+    assert_eq!(
+        (count(503), count(0)),
+        (2, 1),
+        "every injected fault was met: {statuses:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_error_is_not_retried_and_carries_the_platforms_message() {
+    let f = fixture(VvpSimOptions::default()).await;
+    std::fs::write(f.dir.path().join("token"), "not-the-token").unwrap();
+    let (name, _) = APPS[0];
+    let c = config(&f, "", &app(name, ""));
+    let (text, ok) = once(&c, &[name]).await;
+    assert!(!ok);
+    assert!(text.contains("HTTP 401"), "{text}");
+    assert_eq!(f.vvp.requests().len(), 1, "a 401 is not retried");
+    assert_eq!(posts(&f), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_concurrent_bounds_the_savepoints_in_flight() {
+    let f = fixture(VvpSimOptions {
+        complete_after: Duration::from_millis(400),
+        ..Default::default()
+    })
+    .await;
+    let apps: String = APPS.iter().map(|(n, _)| app(n, "")).collect();
+    let c = config(&f, "", &apps).with_max_concurrent(2);
+    let (text, ok) = once(&c, &[]).await;
+    assert!(ok, "{text}");
+    assert_eq!(f.vvp.triggers().len(), 3);
+    assert_eq!(f.vvp.max_started_at_once(), 2, "two at once, never three");
+}
+
+trait WithMaxConcurrent {
+    fn with_max_concurrent(self, n: usize) -> Self;
+}
+
+impl WithMaxConcurrent for Config {
+    fn with_max_concurrent(mut self, n: usize) -> Self {
+        // The config is plain data: a test sets what it needs directly.
+        self.platforms[0].max_concurrent = n;
+        self
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_savepoint_already_in_flight_skips_the_run() {
+    let f = fixture(VvpSimOptions::default()).await;
+    let (name, id) = APPS[2];
+    f.vvp.seed_savepoint(json!({
+        "apiVersion": "v1", "kind": "Savepoint",
+        "metadata": {"id": "aaaaaaaa-0000-4000-8000-000000000001", "namespace": "default",
+            "createdAt": chrono::Utc::now().to_rfc3339(), "deploymentId": id,
+            "origin": "USER_REQUEST", "type": "FULL", "annotations": {}},
+        "spec": {},
+        "status": {"state": "STARTED"}
+    }));
+    let c = config(&f, "", &app(name, ""));
+    let (text, ok) = once(&c, &[name]).await;
+    assert!(ok, "an in-flight savepoint is not a failure: {text}");
+    assert!(text.contains("in_progress"), "{text}");
+    assert_eq!(posts(&f), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_savepoint_over_its_timeout_fails_once_and_is_not_retried_while_in_flight() {
+    let f = fixture(VvpSimOptions::default()).await;
+    let (name, id) = APPS[0];
+    f.vvp.hold_savepoints_of(id);
+    let c = config(&f, "", &app(name, "    timeout: 1s\n"));
+    let (text, ok) = once(&c, &[name]).await;
+    assert!(!ok);
+    assert!(text.contains("did not finish within"), "{text}");
+    assert_eq!(f.vvp.triggers().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_application_is_skipped() {
+    let f = fixture(VvpSimOptions::default()).await;
+    let (name, _) = APPS[0];
+    let c = config(&f, "", &app(name, "    paused: true\n"));
+    let (text, ok) = once(&c, &[name]).await;
+    assert!(ok);
+    assert!(text.contains("paused"), "{text}");
+    assert_eq!(posts(&f), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_application_name_is_an_error() {
+    let f = fixture(VvpSimOptions::default()).await;
+    let c = config(&f, "", &app("payments", ""));
+    let err = commands::once(&c, &["nope".into()], false)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("\"nope\""), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolve_names_both_ids_when_pods_disagree() {
+    let f = fixture(VvpSimOptions::default()).await;
+    f.kube.add_pod(
+        "flink",
+        "stray",
+        &[
+            ("system", "ververica-platform"),
+            ("deploymentName", "payments"),
+            ("deploymentId", "99999999-9999-4999-8999-999999999999"),
+        ],
+    );
+    let c = config(&f, "", &app("payments", ""));
+    let (text, ok) = commands::resolve(&c, "payments").await.unwrap();
+    assert!(!ok);
+    assert!(
+        text.contains(APPS[1].1) && text.contains("99999999-9999-4999-8999-999999999999"),
+        "{text}"
+    );
+    let (text, ok) = once(&c, &["payments"]).await;
+    assert!(!ok, "an ambiguous name triggers nothing: {text}");
+    assert_eq!(posts(&f), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolve_shows_the_id_and_where_it_came_from() {
+    let f = fixture(VvpSimOptions::default()).await;
+    let c = config(&f, "", &app("Fraud Detection", ""));
+    let (text, ok) = commands::resolve(&c, "Fraud Detection").await.unwrap();
+    assert!(ok, "{text}");
+    assert!(text.contains(APPS[0].1), "{text}");
+    assert!(text.contains("label deploymentId of pod flink/"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolution_through_the_vvp_api_works_without_pods() {
+    let f = fixture(VvpSimOptions {
+        bare_list: true,
+        ..Default::default()
+    })
+    .await;
+    let yaml = f.config("", &app("clickstream", "")).replace(
+        "resolve: { via: pods, kubernetesNamespace: flink, selector: system=ververica-platform }",
+        "resolve: { via: api }",
+    );
+    let c = savepointd::config::from_yaml(&yaml).unwrap();
+    let (text, ok) = commands::resolve(&c, "clickstream").await.unwrap();
+    assert!(ok && text.contains(APPS[2].1), "{text}");
+    assert!(text.contains("VVP deployment"), "{text}");
+    let (text, ok) = once(&c, &["clickstream"]).await;
+    assert!(ok, "VVP 2.0 bare-array lists are understood: {text}");
+    assert_eq!(
+        f.kube.request_count(),
+        0,
+        "no Kubernetes access with via: api"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_id_last_savepoint_and_next_run() {
+    let f = fixture(VvpSimOptions::default()).await;
+    let apps = format!(
+        "{}{}",
+        app("payments", ""),
+        app("ghost", "    paused: true\n")
+    );
+    let c = config(&f, "", &apps);
+    let (_, ok) = once(&c, &["payments"]).await;
+    assert!(ok);
+
+    let (json, ok) = commands::status(&c, Output::Json).await.unwrap();
+    assert!(!ok, "ghost does not resolve");
+    let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let payments = &rows[0];
+    assert_eq!(payments["application"], "payments");
+    assert_eq!(payments["resolvedId"], APPS[1].1);
+    assert_eq!(payments["lastCompleted"]["state"], "COMPLETED");
+    assert!(
+        payments["nextRun"]
+            .as_str()
+            .unwrap()
+            .ends_with("T01:00:00Z")
+    );
+    assert!(rows[1]["error"].as_str().unwrap().contains("not found"));
+
+    let (table, _) = commands::status(&c, Output::Table).await.unwrap();
+    for needle in ["payments", APPS[1].1, "ago", "ghost", "paused"] {
+        assert!(table.contains(needle), "{needle}:\n{table}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_triggers_nothing() {
+    let f = fixture(VvpSimOptions::default()).await;
+    let c = config(&f, "", &app("payments", ""));
+    let (text, ok) = commands::once(&c, &[], true).await.unwrap();
+    assert!(ok);
+    assert!(
+        text.contains("would trigger") && text.contains(APPS[1].1),
+        "{text}"
+    );
+    assert_eq!(posts(&f), 0);
+}
