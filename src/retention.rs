@@ -161,7 +161,11 @@ pub fn plan(
                     Action::Delete,
                     "delete: earlier deletion failed, retrying".into(),
                 ),
-                _ => (Action::Delete, "delete: failed savepoint".into()),
+                State::Failed => (Action::Delete, "delete: failed savepoint".into()),
+                // Returned above; keeping is the answer that cannot go wrong.
+                State::Started | State::Unknown | State::PendingDeletion | State::Deleting => {
+                    keep("in flight")
+                }
             }
         })
         .collect();

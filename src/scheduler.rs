@@ -86,6 +86,10 @@ async fn application_loop(app: Arc<App>, shutdown: CancellationToken) {
         }
         let fired = Utc::now();
         app.metrics.lateness(schedule::lateness(next, fired));
+        // Many applications share a slot (every `0 1 * * *`). Yielding once lets every loop woken
+        // for this slot record its start before any of them does the run's synchronous work, so one
+        // application's run never delays another's start.
+        tokio::task::yield_now().await;
         runner::run_slot(&app, next, &shutdown).await;
         last = Some(next);
     }

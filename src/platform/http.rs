@@ -31,6 +31,9 @@ pub enum Retry {
 
 pub struct ApiClient {
     platform: String,
+    /// Requests open at once on this platform. A thousand applications share a slot; without a bound
+    /// they would open a thousand connections to the platform at its start, and keep them pooled.
+    open_requests: tokio::sync::Semaphore,
     base: Url,
     client: reqwest::Client,
     timeout: Duration,
@@ -44,8 +47,11 @@ impl ApiClient {
             platform: platform.name.clone(),
             message,
         };
+        // Enough for every savepoint in flight to be polled while others are listed or triggered.
+        let request_limit = platform.max_concurrent * 2 + 8;
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
+            .pool_max_idle_per_host(request_limit)
             .timeout(platform.request_timeout)
             .connect_timeout(platform.request_timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("savepointd/", env!("CARGO_PKG_VERSION")));
@@ -66,6 +72,7 @@ impl ApiClient {
         }
         Ok(Self {
             platform: platform.name.clone(),
+            open_requests: tokio::sync::Semaphore::new(request_limit),
             base,
             client,
             timeout: platform.request_timeout,
@@ -153,6 +160,11 @@ impl ApiClient {
         if let Some(body) = body {
             request = request.json(body);
         }
+        let _open = self
+            .open_requests
+            .acquire()
+            .await
+            .expect("semaphore is never closed");
         let timer = self.metrics.api_timer(&self.platform, operation);
         let result = async {
             let response = request.send().await?;

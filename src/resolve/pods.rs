@@ -2,7 +2,8 @@
 //! kube-runtime reflector: the pods are listed once and then watched, so resolving a name at a cron tick
 //! costs no request to the API server however many applications there are.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -15,9 +16,15 @@ use super::{Error, Result, sanitize, unique};
 use crate::config::PodResolve;
 use crate::platform::Target;
 
+/// Pods by the sanitised value of their name label: (pod name, id label value) for each.
+type ByName = HashMap<String, Vec<(String, String)>>;
+
 #[derive(Clone)]
 pub struct PodIndex {
     store: Store<Pod>,
+    /// Built from the store on the first lookup after a change, so the thousand lookups of one busy
+    /// slot cost one pass over the pods, not a thousand.
+    by_name: Arc<Mutex<Option<ByName>>>,
     config: Arc<PodResolve>,
     /// Set once the first list arrived. Waiters use this rather than `Store::wait_until_ready`, which
     /// wakes only one of several concurrent waiters.
@@ -35,21 +42,26 @@ impl PodIndex {
         let (store, writer) = reflector::store();
         let index = PodIndex {
             store: store.clone(),
+            by_name: Arc::new(Mutex::new(None)),
             config: Arc::new(config.clone()),
             synced: Arc::new(tokio::sync::watch::Sender::new(false)),
         };
         let api: Api<Pod> = Api::namespaced(client, &config.namespace);
         let stream = watcher(api, watcher::Config::default().labels(&config.selector))
             .default_backoff()
-            .reflect(writer)
-            .touched_objects();
+            .reflect(writer);
         let synced = index.synced.clone();
+        let by_name = index.by_name.clone();
         let namespace = config.namespace.clone();
         let driver = async move {
             let drive = stream.for_each(|event| {
-                if let Err(e) = event {
+                match event {
+                    // The store has applied the event; the index is rebuilt at the next lookup.
+                    Ok(_) => *by_name.lock().expect("pod index lock") = None,
                     // The backoff retries; this says why pods may be stale meanwhile.
-                    tracing::warn!(namespace = %namespace, error = %e, "pod watch failed; retrying");
+                    Err(e) => {
+                        tracing::warn!(namespace = %namespace, error = %e, "pod watch failed; retrying")
+                    }
                 }
                 futures::future::ready(())
             });
@@ -82,6 +94,23 @@ impl PodIndex {
         }
     }
 
+    fn build(&self) -> ByName {
+        let c = &self.config;
+        let mut by_name = ByName::new();
+        for pod in self.store.state() {
+            let Some(labels) = pod.metadata.labels.as_ref() else {
+                continue;
+            };
+            if let (Some(name), Some(id)) = (labels.get(&c.name_label), labels.get(&c.id_label)) {
+                by_name
+                    .entry(sanitize(name))
+                    .or_default()
+                    .push((pod.metadata.name.clone().unwrap_or_default(), id.clone()));
+            }
+        }
+        by_name
+    }
+
     /// Looks the name up in the cache: no request to the API server.
     pub fn resolve(&self, application: &str) -> Result<Target> {
         if !self.is_synced() {
@@ -89,23 +118,16 @@ impl PodIndex {
         }
         let c = &self.config;
         let wanted = sanitize(application);
-        let mut ids = Vec::new();
-        let mut pods = Vec::new();
-        for pod in self.store.state() {
-            let Some(labels) = pod.metadata.labels.as_ref() else {
-                continue;
-            };
-            let Some(name) = labels.get(&c.name_label) else {
-                continue;
-            };
-            if name != application && sanitize(name) != wanted {
-                continue;
-            }
-            if let Some(id) = labels.get(&c.id_label) {
-                ids.push(id.clone());
-                pods.push(pod.metadata.name.clone().unwrap_or_default());
-            }
-        }
+        let (mut pods, ids): (Vec<String>, Vec<String>) = {
+            let mut guard = self.by_name.lock().expect("pod index lock");
+            let by_name = guard.get_or_insert_with(|| self.build());
+            by_name
+                .get(&wanted)
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .unzip()
+        };
         pods.sort();
         unique(
             application,

@@ -293,6 +293,13 @@ impl VvpSim {
         sim.max_started
     }
 
+    /// Starts counting `max_started_at_once` afresh from the savepoints STARTED now.
+    pub fn reset_max_started(&self) {
+        let mut sim = lock(&self.state);
+        sim.advance();
+        sim.max_started = sim.started_now;
+    }
+
     /// The number of triggered savepoints STARTED right now.
     pub fn started_now(&self) -> usize {
         let mut sim = lock(&self.state);
@@ -487,6 +494,11 @@ impl Sim {
         let mut index = 0;
         while index < self.entries.len() {
             let entry = &mut self.entries[index];
+            // Most entries are settled; skipping them keeps a request cheap in a long history.
+            if entry.pending.is_none() {
+                index += 1;
+                continue;
+            }
             let deployment_id = str_at(&entry.resource, &["metadata", "deploymentId"])
                 .unwrap_or("")
                 .to_string();
