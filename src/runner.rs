@@ -31,7 +31,9 @@ impl Skip {
         match self {
             Skip::Paused => "paused",
             Skip::InProgress { .. } => "in_progress",
-            Skip::Unresolved(resolve::Error::Unresolved { .. }) => "not_running",
+            Skip::Unresolved(
+                resolve::Error::Unresolved { .. } | resolve::Error::NotReady { .. },
+            ) => "not_running",
             Skip::Unresolved(_) => "unresolved",
         }
     }
@@ -150,11 +152,19 @@ async fn run(app: &App, slot: DateTime<Utc>, shutdown: &CancellationToken) -> Ou
         }
     };
     let retry = app.config.retry;
-    // Attempts that failed before a savepoint existed (a refused or lost trigger); failed savepoints of
-    // the slot are counted from the platform's records instead.
-    let mut lost_triggers = 0;
+    // Triggers this process made for the slot. Where the platform records the slot (VVP) its failed
+    // savepoints count too, so a restart does not grant a fresh set of attempts.
+    let mut triggered = 0;
     let mut last_failure = None;
     loop {
+        // Held from the look at the platform's records to the savepoint's end, so that at most
+        // maxConcurrent runs of the platform are past their guard, and a run that has a permit is not
+        // queued behind the lists of runs that wait for one.
+        let permit = app
+            .permits
+            .acquire()
+            .await
+            .expect("semaphore is never closed");
         let history = match app.platform.list(&target).await {
             Ok(h) => h,
             Err(e) => {
@@ -171,10 +181,10 @@ async fn run(app: &App, slot: DateTime<Utc>, shutdown: &CancellationToken) -> Ou
             app.metrics.last_success(done.created_at);
             return Outcome::AlreadyDone((*done).clone());
         }
-        let spent = mine.iter().filter(|s| !s.state.is_in_flight()).count() as u32 + lost_triggers;
+        let spent = (mine.iter().filter(|s| !s.state.is_in_flight()).count() as u32).max(triggered);
         let result = if let Some(flying) = mine.iter().find(|s| s.state.is_in_flight()) {
             info!(savepoint_id = %flying.id, "adopting the slot's savepoint in flight");
-            follow(app, &target, (*flying).clone(), None).await
+            follow_held(app, &target, (*flying).clone(), None).await
         } else {
             if spent >= retry.max_attempts {
                 return Outcome::Failed(last_failure.unwrap_or(Failure::Failed {
@@ -190,14 +200,10 @@ async fn run(app: &App, slot: DateTime<Utc>, shutdown: &CancellationToken) -> Ou
             if shutdown.is_cancelled() {
                 return Outcome::Failed(Failure::Shutdown);
             }
-            match trigger(app, &target, slot).await {
-                Ok(result) => result,
-                Err(e) => {
-                    lost_triggers += 1;
-                    Err(e)
-                }
-            }
+            triggered = spent + 1;
+            trigger(app, &target, slot, triggered).await
         };
+        drop(permit);
         let failure = match result {
             Ok(outcome) => return outcome,
             Err(f) => f,
@@ -219,12 +225,13 @@ async fn run(app: &App, slot: DateTime<Utc>, shutdown: &CancellationToken) -> Ou
     }
 }
 
-/// Triggers the slot's savepoint under a platform permit and follows it to its end.
+/// Triggers the slot's savepoint and follows it to its end (the caller holds a platform permit).
 async fn trigger(
     app: &App,
     target: &Target,
     slot: DateTime<Utc>,
-) -> Result<Result<Outcome, Failure>, Failure> {
+    attempt: u32,
+) -> Result<Outcome, Failure> {
     let _permit = app
         .permits
         .acquire()
@@ -233,13 +240,14 @@ async fn trigger(
     let request = TriggerRequest {
         application: &app.config.name,
         slot,
+        attempt,
         format_type: app.config.format_type,
     };
     app.metrics.attempt();
     let started = Instant::now();
     let savepoint = app.platform.trigger(target, &request).await?;
     info!(savepoint_id = %savepoint.id, "savepoint triggered");
-    Ok(follow_held(app, target, savepoint, Some(started)).await)
+    follow_held(app, target, savepoint, Some(started)).await
 }
 
 /// Follows a savepoint found in flight (adopted) under a platform permit.

@@ -42,7 +42,7 @@ fn managed(id: &str, created: &str) -> Savepoint {
         failure: None,
         managed: Some(Managed {
             application: APP.into(),
-            slot: created_at,
+            slot: Some(created_at),
         }),
     }
 }
@@ -231,7 +231,7 @@ fn vvp_resources_sharing_a_savepoint_location_stay_or_go_together() {
             s.location = Some("s3://flink/savepoints/savepoint-kept/".into());
             s.managed = Some(Managed {
                 application: APP.into(),
-                slot: s.created_at,
+                slot: Some(s.created_at),
             });
         }),
         // Two resources of one old savepoint: nothing keeps either, so both go.
@@ -607,7 +607,7 @@ fn scope_history() -> Vec<Savepoint> {
         with(managed("other-app", "2026-11-01T05:00:00Z"), |s| {
             s.managed = Some(Managed {
                 application: OTHER_APP.into(),
-                slot: s.created_at,
+                slot: Some(s.created_at),
             })
         }),
         manual("by-hand", "2026-11-01T04:00:00Z"),
@@ -958,7 +958,7 @@ fn arb_history() -> impl Strategy<Value = Vec<Savepoint>> {
                         base_now() + TimeDelta::minutes(offset_minutes(minutes, grain));
                     let managed = OWNERS[owner].map(|application| Managed {
                         application: application.into(),
-                        slot: created_at,
+                        slot: Some(created_at),
                     });
                     Savepoint {
                         id: format!("sp-{i:02}"),
@@ -1307,26 +1307,31 @@ proptest! {
             .map(|d| &d.savepoint)
             .collect();
         prop_assert_eq!(held.len(), plan.capped);
-        // Oldest first: a held-back savepoint older than a deleted one can only be part of a group of
-        // resources sharing a location that did not fit into what was left.
+        // Oldest first, by groups of resources sharing a location (a group is as old as its oldest member):
+        // a held-back group older than a deleted one can only be a group of several that did not fit into
+        // what was left.
         let mut candidates: Vec<&Savepoint> =
             case.history.iter().filter(|sp| expected.contains(&sp.id)).collect();
-        let group_size = |sp: &Savepoint| {
-            norm(sp).map_or(1, |l| candidates.iter().filter(|c| norm(c) == Some(l)).count())
+        let group = |sp: &Savepoint| -> Vec<&Savepoint> {
+            match norm(sp) {
+                Some(l) => candidates.iter().copied().filter(|c| norm(c) == Some(l)).collect(),
+                None => vec![candidates.iter().copied().find(|c| c.id == sp.id).unwrap()],
+            }
+        };
+        let group_age = |sp: &Savepoint| {
+            group(sp).iter().map(|c| (c.created_at, c.id.clone())).min().unwrap()
         };
         for h in &held {
-            let newer_deleted = plan
-                .deletions()
-                .find(|d| (d.savepoint.created_at, &d.savepoint.id) > (h.created_at, &h.id));
+            let newer_deleted = plan.deletions().find(|d| group_age(&d.savepoint) > group_age(h));
             if let Some(d) = newer_deleted {
                 prop_assert!(
-                    group_size(h) > 1,
+                    group(h).len() > 1,
                     "{} held back, newer {} deleted", h.id, d.savepoint.id
                 );
             }
         }
         // Without shared locations among them, the deletions are exactly the oldest `max`.
-        if candidates.iter().all(|sp| group_size(sp) == 1) {
+        if candidates.iter().all(|sp| group(sp).len() == 1) {
             candidates.sort_by_key(|sp| (sp.created_at, sp.id.clone()));
             let oldest: BTreeSet<String> =
                 candidates.iter().take(max).map(|sp| sp.id.clone()).collect();

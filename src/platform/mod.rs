@@ -1,6 +1,7 @@
 //! Platforms: one trait, one implementation per API (`vvp.rs`), and the platform-neutral savepoint model
 //! the runner, retention and the CLI work with. A platform's wire format lives in its own file only.
 
+pub mod flink;
 pub mod http;
 pub mod vvp;
 
@@ -51,6 +52,18 @@ pub enum Error {
         url: String,
         message: String,
     },
+    #[error("{platform}: deletion of savepoint {id} failed: {message}")]
+    DeletionFailed {
+        platform: String,
+        id: String,
+        message: String,
+    },
+    #[error("{platform}: savepoint {id} is still being deleted after {after:?}")]
+    DeletionPending {
+        platform: String,
+        id: String,
+        after: std::time::Duration,
+    },
     #[error("{platform}: cannot read the API token: {message}")]
     Token { platform: String, message: String },
     #[error("{platform}: cannot set up the HTTP client: {message}")]
@@ -71,6 +84,8 @@ impl Error {
             } => "unauthorized",
             Error::Status { .. } => "client_error",
             Error::Decode { .. } => "bad_answer",
+            Error::DeletionFailed { .. } => "deletion_failed",
+            Error::DeletionPending { .. } => "deletion_pending",
             Error::Token { .. } => "token",
             Error::Setup { .. } => "setup",
         }
@@ -168,14 +183,16 @@ pub struct Savepoint {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Managed {
     pub application: String,
-    pub slot: DateTime<Utc>,
+    /// The slot it was made for, where the platform keeps it (VVP annotations). Flink keeps no
+    /// metadata with a savepoint; its trigger ids make a slot's trigger idempotent instead.
+    pub slot: Option<DateTime<Utc>>,
 }
 
 impl Savepoint {
     pub fn is_managed_slot(&self, application: &str, slot: DateTime<Utc>) -> bool {
         self.managed
             .as_ref()
-            .is_some_and(|m| m.application == application && m.slot == slot)
+            .is_some_and(|m| m.application == application && m.slot == Some(slot))
     }
 }
 
@@ -184,6 +201,8 @@ impl Savepoint {
 pub struct TriggerRequest<'a> {
     pub application: &'a str,
     pub slot: DateTime<Utc>,
+    /// 1 for the slot's first attempt; a retry after a failed savepoint is a new attempt.
+    pub attempt: u32,
     pub format_type: FormatType,
 }
 
@@ -201,6 +220,10 @@ pub trait Platform: Send + Sync {
 
     /// Every savepoint of the target, whoever created it.
     async fn list(&self, target: &Target) -> Result<Vec<Savepoint>>;
+
+    /// Deletes a savepoint and follows the deletion to its end: `Ok` once it is gone. A refusal (VVP's
+    /// 409) is an `Error::Status` carrying the platform's message; it is never forced.
+    async fn delete(&self, target: &Target, savepoint: &Savepoint) -> Result<()>;
 }
 
 /// Builds the client for one configured platform.
@@ -208,11 +231,6 @@ pub fn connect(platform: &config::Platform, metrics: &Metrics) -> Result<Arc<dyn
     let api = http::ApiClient::new(platform, metrics.clone())?;
     Ok(match platform.kind {
         PlatformKind::Vvp => Arc::new(vvp::Vvp::new(api, platform.namespace.clone())),
-        PlatformKind::Flink => {
-            return Err(Error::Setup {
-                platform: platform.name.clone(),
-                message: "kind flink is not available in this build".into(),
-            });
-        }
+        PlatformKind::Flink => Arc::new(flink::Flink::new(api, platform)?),
     })
 }

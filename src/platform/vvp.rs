@@ -134,7 +134,44 @@ impl Platform for Vvp {
             .map(|w| self.decode("list", w))
             .collect()
     }
+
+    async fn delete(&self, target: &Target, savepoint: &Savepoint) -> Result<()> {
+        // Never `?force=true`: VVP's prerequisites are the last line of defence.
+        let path = self.path(&format!("savepoints/{}", savepoint.id));
+        self.api
+            .send("delete", Method::DELETE, &path, None, Retry::Idempotent)
+            .await?;
+        // 202: PENDING_DELETION, then DELETING, then gone, or FAILED_DELETION.
+        let started = std::time::Instant::now();
+        let mut interval = std::time::Duration::from_millis(100);
+        loop {
+            match self.get(target, &savepoint.id).await {
+                Err(e) if e.status() == Some(404) => return Ok(()),
+                Err(e) => return Err(e),
+                Ok(s) if s.state == State::FailedDeletion => {
+                    return Err(super::Error::DeletionFailed {
+                        platform: self.api.platform().to_owned(),
+                        id: savepoint.id.clone(),
+                        message: s.failure.unwrap_or_else(|| "FAILED_DELETION".into()),
+                    });
+                }
+                Ok(_) if started.elapsed() >= DELETION_FOLLOW_LIMIT => {
+                    return Err(super::Error::DeletionPending {
+                        platform: self.api.platform().to_owned(),
+                        id: savepoint.id.clone(),
+                        after: DELETION_FOLLOW_LIMIT,
+                    });
+                }
+                Ok(_) => {}
+            }
+            tokio::time::sleep(interval).await;
+            interval = (interval * 2).min(std::time::Duration::from_secs(5));
+        }
+    }
 }
+
+/// How long a deletion is followed before it is reported as still pending (it may yet finish).
+const DELETION_FOLLOW_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// VVP 2.1+ answers lists as a ResourceList; 2.0 answered a bare array.
 #[derive(Deserialize)]
@@ -231,9 +268,11 @@ impl WireSavepoint {
             == Some(MANAGED_BY))
         .then(|| {
             let application = m.annotations.get(ANNOTATION_APPLICATION)?.clone();
-            let slot = DateTime::parse_from_rfc3339(m.annotations.get(ANNOTATION_SLOT)?)
-                .ok()?
-                .with_timezone(&Utc);
+            let slot = m
+                .annotations
+                .get(ANNOTATION_SLOT)
+                .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+                .map(|s| s.with_timezone(&Utc));
             Some(Managed { application, slot })
         })
         .flatten();
@@ -286,6 +325,7 @@ mod tests {
         );
         let slot = "2026-11-20T01:00:00Z".parse().unwrap();
         assert!(s.is_managed_slot("fraud", slot));
+        assert_eq!(s.managed.as_ref().unwrap().slot, Some(slot));
         assert!(!s.is_managed_slot("other", slot));
     }
 

@@ -16,6 +16,9 @@ pub enum Error {
         application: String,
         ids: Vec<String>,
     },
+    /// Found, but not ready for a savepoint (a Flink job whose tasks are not all RUNNING).
+    #[error("application {application}: not ready: {reason}")]
+    NotReady { application: String, reason: String },
     #[error("the pod cache has not synced with the Kubernetes API yet")]
     NotSynced,
     #[error(transparent)]
@@ -28,6 +31,7 @@ impl Error {
         match self {
             Error::Unresolved { .. } => "unresolved",
             Error::Ambiguous { .. } => "ambiguous",
+            Error::NotReady { .. } => "not_ready",
             Error::NotSynced => "not_synced",
             Error::Platform(_) => "platform_error",
         }

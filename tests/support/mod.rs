@@ -5,8 +5,10 @@
 //!   unhappy paths (401, 409 on delete, FAILED savepoints, injected 5xx, dropped connections, latency).
 //! - `kube_fake`: a Kubernetes API server small enough to read, big enough for kube-rs list/watch and
 //!   for the real `kubectl`.
+//! - `flink`: not a fake: a real Apache Flink session cluster, started through `scripts/flink_harness.py`.
 
 pub mod fixture;
+pub mod flink;
 pub mod kube_fake;
 pub mod vvp_sim;
 

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs every test of savepointd on this machine, installing what they need first (idempotent):
+#   - the Rust suites: unit tests, config errors, the daemon end to end against the VVP simulator and
+#     the fake Kubernetes API server (proved faithful with the real kubectl), retention properties;
+#   - the Helm chart with the real Helm library (PyPI helm-python-sdk) and the Kubernetes schemas;
+#   - the alert rules and dashboard with the real promtool (Debian package prometheus).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cache=.cache
+venv="$cache/venv"
+
+# Python packages for the chart tests, in a private venv so the system Python is left alone.
+if [ ! -x "$venv/bin/pytest" ] || ! cmp -s tests/chart/requirements.txt "$venv/requirements.txt"; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/chart/requirements.txt
+  cp tests/chart/requirements.txt "$venv/requirements.txt"
+fi
+
+# promtool and prometheus (Debian).
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "promtool is missing: run as root or 'sudo apt-get install -y prometheus'" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+fi
+command -v kubectl >/dev/null || { echo "kubectl is missing (part of the machine image)" >&2; exit 1; }
+
+echo "== cargo test"
+cargo test --locked
+
+echo "== Helm chart"
+SAVEPOINTD_BIN="$PWD/target/debug/savepointd" "$venv/bin/python" -m pytest tests/chart -q
+
+echo "== alert rules and dashboard"
+bash tests/promtool/run.sh

@@ -1,0 +1,513 @@
+//! savepointd against a real Apache Flink 2.3.0 session cluster (started by `scripts/flink_harness.py`,
+//! which `scripts/test.sh` installs first): `once`, `resolve`, `status`, the daemon on a seconds-level
+//! schedule, a savepoint that times out in Flink, the idempotent trigger, listing and disposal.
+//!
+//! One cluster serves every case, so the cases run in sequence inside one test: they share its four
+//! task slots, and each cancels the jobs it no longer needs. Without Java the test is skipped, except
+//! under CI, where that fails it.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use reqwest::Url;
+use savepointd::commands::{self, Output};
+use savepointd::config::{Config, FormatType};
+use savepointd::metrics::Metrics;
+use savepointd::platform::{self, Platform, Savepoint, State, Target, TriggerRequest};
+use support::eventually;
+use support::fixture::Daemon;
+use support::flink::{Cluster, Job, java_or_skip};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn savepointd_against_a_real_flink_cluster() {
+    if !java_or_skip() {
+        return;
+    }
+    let suite = Instant::now();
+    let cluster = Cluster::start().await;
+    println!("cluster ready after {:.1?}", suite.elapsed());
+    let w = World {
+        cluster,
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let orders = w.cluster.submit("orders", Job::default()).await;
+
+    let t = Instant::now();
+    resolve_prints_the_job_id(&w, &orders).await;
+    let savepoint = once_writes_a_savepoint_directory(&w).await;
+    a_job_restarted_from_the_savepoint_reports_it(&w, &savepoint).await;
+    applications_without_a_running_job_are_skipped(&w).await;
+    the_same_slot_triggered_twice_makes_one_savepoint(&w).await;
+    list_shows_the_savepoints_and_delete_disposes_only_inside_the_app_dir(&w).await;
+    println!("cases h, a, b, c, e, g: {:.1?}", t.elapsed());
+
+    let t = Instant::now();
+    let payments = w.cluster.submit("payments", Job::default()).await;
+    the_daemon_takes_savepoints_of_two_jobs_on_a_seconds_schedule(&w).await;
+    println!("case f: {:.1?}", t.elapsed());
+
+    let t = Instant::now();
+    a_savepoint_that_times_out_is_a_counted_failure_and_the_daemon_goes_on(&w).await;
+    println!("case d: {:.1?}", t.elapsed());
+
+    for job in [orders, payments] {
+        w.cluster.cancel(&job).await;
+    }
+    println!("suite wall time: {:.1?}", suite.elapsed());
+}
+
+/// The cluster, and a directory whose `sp/` is the platform's `targetDirectory`.
+struct World {
+    cluster: Cluster,
+    dir: tempfile::TempDir,
+}
+
+impl World {
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("sp")
+    }
+
+    fn yaml(&self, apps: &str) -> String {
+        format!(
+            r#"
+server: {{ listen: "127.0.0.1:0", shutdownGrace: 5s }}
+defaults:
+  timeout: 30s
+  retry: {{ maxAttempts: 2, backoff: 1s }}
+platforms:
+  - name: flink
+    kind: flink
+    url: {url}
+    requestTimeout: 10s
+    targetDirectory: file://{root}
+applications:
+{apps}"#,
+            apps = if apps.is_empty() { "  []\n" } else { apps },
+            url = self.cluster.rest_url,
+            root = self.root().display(),
+        )
+    }
+
+    fn config(&self, apps: &[&str]) -> Config {
+        let apps: String = apps.iter().map(|a| format!("  - name: {a}\n")).collect();
+        savepointd::config::from_yaml(&self.yaml(&apps)).expect("test config is valid")
+    }
+
+    /// The completed savepoint directories of an application: `savepoint-*` with a `_metadata`.
+    fn savepoints(&self, app: &str) -> BTreeSet<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(self.root().join(app)) else {
+            return BTreeSet::new();
+        };
+        entries
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("savepoint-"))
+                    && p.join("_metadata").is_file()
+            })
+            .collect()
+    }
+
+    /// The platform client, as the daemon builds it.
+    fn platform(&self) -> Arc<dyn Platform> {
+        platform::connect(&self.config(&[]).platforms[0], &Metrics::new())
+            .expect("platform connects")
+    }
+}
+
+fn file_url(path: &Path) -> String {
+    Url::from_file_path(path).unwrap().to_string()
+}
+
+fn path_of(location: &str) -> PathBuf {
+    Url::parse(location)
+        .unwrap_or_else(|e| panic!("{location}: {e}"))
+        .to_file_path()
+        .unwrap()
+}
+
+async fn once(config: &Config, apps: &[&str]) -> (String, bool) {
+    let names: Vec<String> = apps.iter().map(|a| a.to_string()).collect();
+    commands::once(config, &names, false)
+        .await
+        .expect("once runs")
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The cases.
+// ---------------------------------------------------------------------------------------------------------
+
+/// h. `resolve` names the running job's id and where it came from.
+async fn resolve_prints_the_job_id(w: &World, job: &str) {
+    let (text, ok) = commands::resolve(&w.config(&["orders"]), "orders")
+        .await
+        .unwrap();
+    assert!(ok, "{text}");
+    assert!(text.contains(job), "{text}");
+    assert!(text.contains("GET /jobs/overview"), "{text}");
+}
+
+/// a. `once` writes `<targetDirectory>/<app>/savepoint-*/_metadata` and prints where.
+async fn once_writes_a_savepoint_directory(w: &World) -> PathBuf {
+    assert!(w.savepoints("orders").is_empty());
+    let (text, ok) = once(&w.config(&["orders"]), &["orders"]).await;
+    assert!(ok, "{text}");
+    assert!(text.contains("completed"), "{text}");
+    let dirs = w.savepoints("orders");
+    assert_eq!(dirs.len(), 1, "one savepoint directory: {dirs:?}");
+    let dir = dirs.into_iter().next().unwrap();
+    assert!(dir.join("_metadata").metadata().unwrap().len() > 0);
+    assert!(
+        text.contains(&file_url(&dir)),
+        "the outcome names {}:\n{text}",
+        dir.display()
+    );
+    dir
+}
+
+/// b. A job started from that savepoint says so in its checkpoint statistics.
+async fn a_job_restarted_from_the_savepoint_reports_it(w: &World, savepoint: &Path) {
+    let job = w
+        .cluster
+        .submit(
+            "orders-restored",
+            Job {
+                savepoint: Some(&file_url(savepoint)),
+                ..Job::default()
+            },
+        )
+        .await;
+    let stats = w.cluster.get(&format!("/jobs/{job}/checkpoints")).await;
+    let restored = stats["latest"]["restored"]["external_path"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no latest.restored.external_path: {stats}"));
+    assert_eq!(path_of(restored), savepoint);
+    w.cluster.cancel(&job).await;
+}
+
+/// c. A cancelled job and a job never submitted: skipped as not_running, with the reason, nothing written.
+async fn applications_without_a_running_job_are_skipped(w: &World) {
+    let (text, ok) = once(
+        &w.config(&["orders-restored", "ghost"]),
+        &["orders-restored", "ghost"],
+    )
+    .await;
+    assert!(!ok, "an application that does not run is not ok: {text}");
+    assert_eq!(text.matches("not_running").count(), 2, "{text}");
+    assert!(
+        text.contains("is CANCELED"),
+        "the cancelled job is named: {text}"
+    );
+    assert!(text.contains("no Flink job of that name"), "{text}");
+    for app in ["orders-restored", "ghost"] {
+        assert!(
+            !w.root().join(app).exists(),
+            "{app}: no savepoint directory"
+        );
+    }
+}
+
+async fn wait_terminal(p: &dyn Platform, target: &Target, id: &str) -> Savepoint {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = p.get(target, id).await.expect("get savepoint");
+        if !s.state.is_in_flight() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "savepoint {id} still {s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// e. One (application, slot, attempt) is one trigger id: triggering it again, even after it
+/// completed, returns the same request and makes no second savepoint.
+async fn the_same_slot_triggered_twice_makes_one_savepoint(w: &World) {
+    let p = w.platform();
+    let target = p.resolve("orders").await.expect("orders resolves");
+    let before = w.savepoints("orders");
+    // A slot of its own, far from any slot the other cases use.
+    let slot: DateTime<Utc> = "2001-02-03T04:05:06Z".parse().unwrap();
+    let request = TriggerRequest {
+        application: "orders",
+        slot,
+        attempt: 1,
+        format_type: FormatType::Canonical,
+    };
+    let first = p.trigger(&target, &request).await.expect("trigger");
+    let second = p.trigger(&target, &request).await.expect("trigger again");
+    assert_eq!(first.id, second.id);
+    assert_eq!(first.state, State::Started);
+    assert!(first.is_managed_slot("orders", slot));
+    let done = wait_terminal(p.as_ref(), &target, &first.id).await;
+    assert_eq!(done.state, State::Completed, "{done:?}");
+    let third = p
+        .trigger(&target, &request)
+        .await
+        .expect("trigger once more");
+    assert_eq!(third.id, first.id, "a completed trigger is not repeated");
+    let again = wait_terminal(p.as_ref(), &target, &third.id).await;
+    assert_eq!(again.location, done.location);
+    let new: Vec<_> = w
+        .savepoints("orders")
+        .difference(&before)
+        .cloned()
+        .collect();
+    assert_eq!(new.len(), 1, "exactly one new savepoint directory: {new:?}");
+    assert_eq!(Some(file_url(&new[0])), done.location);
+}
+
+/// g. `list` shows exactly the completed savepoint directories of the application; `delete` disposes
+/// of one through the JobManager, deletes one the JobManager cannot read directly, and refuses
+/// whatever lies outside the application's directory.
+async fn list_shows_the_savepoints_and_delete_disposes_only_inside_the_app_dir(w: &World) {
+    let p = w.platform();
+    let target = p.resolve("orders").await.expect("orders resolves");
+    let listed = p.list(&target).await.expect("list");
+    let completed: Vec<&Savepoint> = listed
+        .iter()
+        .filter(|s| s.state == State::Completed)
+        .collect();
+    let on_disk: BTreeSet<String> = w.savepoints("orders").iter().map(|d| file_url(d)).collect();
+    let in_list: BTreeSet<String> = completed
+        .iter()
+        .map(|s| {
+            s.location
+                .clone()
+                .expect("a completed savepoint has a location")
+        })
+        .collect();
+    assert_eq!(in_list, on_disk, "{listed:#?}");
+    assert_eq!(completed.len(), on_disk.len(), "no location listed twice");
+    assert!(completed.len() >= 2, "a and e made one each");
+    for s in &completed {
+        let m = s.managed.as_ref().expect("inside the app dir: managed");
+        assert_eq!(m.application, "orders");
+    }
+
+    // Disposal by the JobManager.
+    let oldest = (*completed.iter().min_by_key(|s| s.created_at).unwrap()).clone();
+    let dir = path_of(oldest.location.as_deref().unwrap());
+    p.delete(&target, &oldest).await.expect("delete");
+    assert!(!dir.exists(), "{} is gone", dir.display());
+    let listed = p.list(&target).await.expect("list after delete");
+    assert!(
+        listed.iter().all(|s| s.location != oldest.location),
+        "a deleted savepoint is no longer listed: {listed:#?}"
+    );
+
+    // Not a savepoint the JobManager can read: deleted through the object store instead.
+    let fake = w
+        .root()
+        .join("orders")
+        .join("savepoint-000000-000000000000");
+    std::fs::create_dir_all(&fake).unwrap();
+    std::fs::write(fake.join("_metadata"), b"not a savepoint").unwrap();
+    std::fs::write(fake.join("state-file"), b"x").unwrap();
+    let listed = p.list(&target).await.expect("list");
+    let unreadable = listed
+        .iter()
+        .find(|s| s.location.as_deref() == Some(file_url(&fake).as_str()))
+        .unwrap_or_else(|| panic!("the directory is listed: {listed:#?}"))
+        .clone();
+    p.delete(&target, &unreadable)
+        .await
+        .expect("fallback delete");
+    assert!(!fake.exists(), "deleted without the JobManager");
+    assert!(w.root().join("orders").is_dir(), "the app dir itself stays");
+
+    // Refusals: another application's directory, a way out through "..", the app dir itself, and a
+    // savepoint without a location.
+    let other = w
+        .root()
+        .join("payments")
+        .join("savepoint-111111-111111111111");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("_metadata"), b"someone else's").unwrap();
+    let kept = w.savepoints("orders");
+    let app_dir = w.root().join("orders");
+    for location in [
+        file_url(&other),
+        format!(
+            "{}/../payments/savepoint-111111-111111111111",
+            file_url(&app_dir)
+        ),
+        format!("{}/", file_url(&app_dir)),
+        file_url(w.dir.path()),
+    ] {
+        let mut s = oldest.clone();
+        s.location = Some(location.clone());
+        let err = p
+            .delete(&target, &s)
+            .await
+            .expect_err(&format!("{location} is refused"));
+        assert!(err.to_string().contains("refused"), "{err}");
+    }
+    let mut s = oldest.clone();
+    s.location = None;
+    let err = p.delete(&target, &s).await.expect_err("no location");
+    assert!(err.to_string().contains("no location"), "{err}");
+    assert!(
+        other.join("_metadata").is_file(),
+        "nothing outside was touched"
+    );
+    assert_eq!(w.savepoints("orders"), kept, "nothing inside was touched");
+    std::fs::remove_dir_all(w.root().join("payments")).unwrap();
+}
+
+/// One sample of the daemon's `/metrics`: the series `name` whose labels include `labels`; 0 if absent.
+fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn metrics(d: &Daemon) -> String {
+    let (status, text) = d.get("/metrics").await;
+    assert_eq!(status, 200);
+    text
+}
+
+fn counter(text: &str, name: &str, app: &str) -> f64 {
+    sample(text, &format!("savepointd_{name}"), &[("application", app)])
+}
+
+/// f. The daemon on `*/5 * * * * *` takes savepoints of two jobs again and again, one directory each.
+async fn the_daemon_takes_savepoints_of_two_jobs_on_a_seconds_schedule(w: &World) {
+    let apps = ["orders", "payments"];
+    let before: Vec<BTreeSet<PathBuf>> = apps.iter().map(|a| w.savepoints(a)).collect();
+    let yaml = w.yaml(
+        "  - name: orders\n    schedule: \"*/5 * * * * *\"\n  - name: payments\n    schedule: \"*/5 * * * * *\"\n",
+    );
+    let daemon = Daemon::start(&yaml).await;
+    let enough = eventually(Duration::from_secs(40), || async {
+        let m = metrics(&daemon).await;
+        apps.iter()
+            .all(|a| counter(&m, "savepoint_success_total", a) >= 2.0)
+            .then_some(())
+    })
+    .await;
+    let m = metrics(&daemon).await;
+    assert!(enough.is_some(), "two savepoints each within 40 s:\n{m}");
+    // Count the directories between two identical readings with nothing in flight, so that no
+    // savepoint can have started or finished while they were counted.
+    let counted = eventually(Duration::from_secs(20), || async {
+        let first = metrics(&daemon).await;
+        let dirs: Vec<BTreeSet<PathBuf>> = apps.iter().map(|a| w.savepoints(a)).collect();
+        let second = metrics(&daemon).await;
+        let quiet = apps.iter().all(|a| {
+            counter(&second, "savepoint_in_progress", a) == 0.0
+                && counter(&second, "savepoint_attempts_total", a)
+                    == counter(&second, "savepoint_success_total", a)
+        });
+        let same = |name| {
+            apps.iter()
+                .all(|a| counter(&first, name, a) == counter(&second, name, a))
+        };
+        (quiet && same("savepoint_attempts_total") && same("savepoint_success_total"))
+            .then_some((second, dirs))
+    })
+    .await;
+    let (m, dirs) = counted.expect("a quiet moment between two slots");
+    for (i, app) in apps.iter().enumerate() {
+        let new = dirs[i].difference(&before[i]).count() as f64;
+        let success = counter(&m, "savepoint_success_total", app);
+        assert!(success >= 2.0, "{app}: {success}");
+        assert_eq!(new, success, "{app}: one directory per savepoint");
+        assert_eq!(
+            sample(
+                &m,
+                "savepointd_savepoint_failure_total",
+                &[("application", app)]
+            ),
+            0.0,
+            "{app}: no failure"
+        );
+    }
+    let (sum, count) = (
+        counter(&m, "savepoint_duration_seconds_sum", "orders"),
+        counter(&m, "savepoint_duration_seconds_count", "orders"),
+    );
+    println!(
+        "trigger -> completed as savepointd measured it (orders): {:.0} ms mean over {count} savepoints",
+        sum / count * 1000.0
+    );
+    daemon.stop().await;
+}
+
+/// d. A savepoint that Flink lets expire (the job sleeps 5 s in snapshotState; its checkpoint timeout is
+/// 2 s) is a counted failure with its reason, and the daemon keeps taking the other job's savepoints.
+async fn a_savepoint_that_times_out_is_a_counted_failure_and_the_daemon_goes_on(w: &World) {
+    let slow = w
+        .cluster
+        .submit(
+            "slow",
+            Job {
+                snapshot_sleep_ms: Some(5000),
+                checkpoint_timeout_ms: Some(2000),
+                ..Job::default()
+            },
+        )
+        .await;
+    let yaml = w.yaml(
+        "  - name: slow\n    schedule: \"*/5 * * * * *\"\n    timeout: 30s\n  - name: payments\n    schedule: \"*/5 * * * * *\"\n",
+    );
+    let daemon = Daemon::start(&yaml).await;
+    let failed = ("reason", "failed");
+    let first_failure = eventually(Duration::from_secs(30), || async {
+        let m = metrics(&daemon).await;
+        (sample(
+            &m,
+            "savepointd_savepoint_failure_total",
+            &[("application", "slow"), failed],
+        ) >= 1.0)
+            .then_some(m)
+    })
+    .await
+    .expect("the slow savepoint fails within 30 s");
+    let healthy_then = counter(&first_failure, "savepoint_success_total", "payments");
+    let m = eventually(Duration::from_secs(20), || async {
+        let m = metrics(&daemon).await;
+        (counter(&m, "savepoint_success_total", "payments") > healthy_then).then_some(m)
+    })
+    .await
+    .unwrap_or_else(|| panic!("payments keeps getting savepoints after slow failed"));
+    assert_eq!(counter(&m, "savepoint_success_total", "slow"), 0.0);
+    assert!(
+        sample(
+            &m,
+            "savepointd_savepoint_failure_total",
+            &[("application", "payments")]
+        ) == 0.0
+    );
+
+    // The reason, as `status` shows it from Flink's checkpoint history.
+    let (json, _) = commands::status(&w.config(&["slow"]), Output::Json)
+        .await
+        .unwrap();
+    let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let failure = rows[0]["lastFailed"]["failure"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        failure.contains("expired before completing (checkpoint timeout)"),
+        "{json}"
+    );
+    assert!(
+        w.savepoints("slow").is_empty(),
+        "no savepoint of slow completed"
+    );
+    daemon.stop().await;
+    w.cluster.cancel(&slow).await;
+}
