@@ -1,38 +1,41 @@
 #!/usr/bin/env bash
-# Quickstart: a real local Apache Flink 2.3.0 session cluster with two demo jobs,
-# and savepointd running against it.
+# Quickstart: a real local Apache Flink 2.3.0 session cluster with two demo jobs (demo-orders and
+# demo-payments), and savepointd taking a savepoint of each every 15 seconds, keeping the newest three.
 #
-#   scripts/quickstart.sh                 # install, start cluster, submit jobs, run savepointd
-#   scripts/quickstart.sh --cluster-only  # same, but keep only the cluster running until Ctrl-C
+#   scripts/quickstart.sh                 # build, install Flink, start the cluster and jobs, run savepointd
+#   scripts/quickstart.sh --cluster-only  # the cluster and jobs only, until Ctrl-C
 #
-# Needs python3 and a JDK (javac/jar, 11 or newer); the first run downloads Flink
-# from PyPI (~330 MB) into .cache/flink. Everything this script starts is stopped
-# again when it exits (Ctrl-C included).
+# Needs cargo, python3 and a JDK (javac/jar, 11 or newer); the first run downloads Flink from PyPI
+# (~330 MB) into .cache/flink. Everything this script starts is stopped again when it exits (Ctrl-C
+# included).
 #
 # Environment:
 #   PYTHON                      python interpreter (default python3)
 #   SAVEPOINTD_FLINK_CACHE      Flink venv + job jar cache (default .cache/flink)
-#   SAVEPOINTD_QUICKSTART_DIR   cluster config, logs and savepoints (default .cache/quickstart)
-#   SAVEPOINTD_CONFIG           savepointd config (default config/demo.yaml)
+#   SAVEPOINTD_QUICKSTART_DIR   cluster config, logs, savepoints and the demo config (default .cache/quickstart)
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
 HARNESS=("$PYTHON" "$REPO/scripts/flink_harness.py")
 QS_DIR="${SAVEPOINTD_QUICKSTART_DIR:-$REPO/.cache/quickstart}"
-CONFIG="${SAVEPOINTD_CONFIG:-config/demo.yaml}"
+TEMPLATE="$REPO/config/demo.yaml"
 CLUSTER_ONLY=0
 
 for arg in "$@"; do
   case "$arg" in
     --cluster-only) CLUSTER_ONLY=1 ;;
-    -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "quickstart: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
 
 say() { printf '\033[1m[quickstart]\033[0m %s\n' "$*" >&2; }
 json_get() { "$PYTHON" -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
+# savepointd reads every SAVEPOINTD_* variable as a config override; the two above are not config.
+savepointd() {
+  (cd "$REPO" && env -u SAVEPOINTD_FLINK_CACHE -u SAVEPOINTD_QUICKSTART_DIR cargo run --release --quiet -- "$@")
+}
 
 CLUSTER_STARTED=0
 SLEEP_PID=
@@ -51,6 +54,11 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+if [ "$CLUSTER_ONLY" = 0 ]; then
+  say "building savepointd (release; the first build takes a few minutes)"
+  (cd "$REPO" && cargo build --release --quiet)
+fi
+
 say "installing Flink 2.3.0 and building the demo job (cached after the first run)"
 "${HARNESS[@]}" install >/dev/null
 
@@ -68,26 +76,25 @@ say "submitting demo-orders and demo-payments"
 ORDERS_JOB="$(json_get "$("${HARNESS[@]}" submit --rest "$REST_URL" --name demo-orders --rate 100 --keys 100)" job_id)"
 PAYMENTS_JOB="$(json_get "$("${HARNESS[@]}" submit --rest "$REST_URL" --name demo-payments --rate 50 --keys 20)" job_id)"
 
-# Values a savepointd config can refer to; also written to a file for other shells.
-export SAVEPOINTD_FLINK_REST_URL="$REST_URL"
-export SAVEPOINTD_DEMO_ORDERS_JOB_ID="$ORDERS_JOB"
-export SAVEPOINTD_DEMO_PAYMENTS_JOB_ID="$PAYMENTS_JOB"
-export SAVEPOINTD_DEMO_SAVEPOINT_DIR="file://$QS_DIR/savepoints"
-cat > "$QS_DIR/env" <<EOF
-SAVEPOINTD_FLINK_REST_URL=$REST_URL
-SAVEPOINTD_DEMO_ORDERS_JOB_ID=$ORDERS_JOB
-SAVEPOINTD_DEMO_PAYMENTS_JOB_ID=$PAYMENTS_JOB
-SAVEPOINTD_DEMO_SAVEPOINT_DIR=file://$QS_DIR/savepoints
-EOF
+# The demo config with this cluster's port and this checkout's savepoint directory.
+SAVEPOINTS="$QS_DIR/savepoints"
+CONFIG="$QS_DIR/demo.yaml"
+sed -e "s|http://127.0.0.1:8081|$REST_URL|" \
+    -e "s|file:///tmp/savepointd-demo/savepoints|file://$SAVEPOINTS|" \
+    "$TEMPLATE" > "$CONFIG"
+grep -q "$REST_URL" "$CONFIG" && grep -q "file://$SAVEPOINTS" "$CONFIG" \
+  || { echo "quickstart: $TEMPLATE no longer has the values to replace" >&2; exit 1; }
 
 cat >&2 <<EOF
 
   Flink web UI / REST   $REST_URL   (jobs: $REST_URL/jobs/overview)
   demo-orders           $ORDERS_JOB
   demo-payments         $PAYMENTS_JOB
-  savepoints            $QS_DIR/savepoints  (or the target in $CONFIG)
+  savepointd config     $CONFIG
+  savepoints            $SAVEPOINTS/<application>/savepoint-*   (every 15 s, the newest 3 kept)
+  metrics               http://127.0.0.1:9090/metrics
+  status                cargo run --release -- status --config $CONFIG
   Flink logs            $QS_DIR/log
-  environment           $QS_DIR/env
 
 EOF
 
@@ -96,6 +103,5 @@ if [ "$CLUSTER_ONLY" = 1 ]; then
   while true; do sleep 3600 & SLEEP_PID=$!; wait "$SLEEP_PID"; done
 fi
 
-say "running savepointd: cargo run --release -- run --config $CONFIG (Ctrl-C stops it and the cluster)"
-cd "$REPO"
-cargo run --release -- run --config "$CONFIG"
+say "running savepointd: cargo run --release -- run --config $CONFIG --log-format text (Ctrl-C stops it and the cluster)"
+savepointd run --config "$CONFIG" --log-format text

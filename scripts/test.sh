@@ -28,6 +28,9 @@ if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
 fi
 command -v kubectl >/dev/null || { echo "kubectl is missing (part of the machine image)" >&2; exit 1; }
 
+# Apache Flink 2.3.0 and the demo job for the real-Flink tests (cached after the first run).
+python3 scripts/flink_harness.py install >/dev/null
+
 echo "== cargo test"
 cargo test --locked
 

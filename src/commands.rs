@@ -341,7 +341,12 @@ async fn app_status(app: Arc<App>, now: DateTime<Utc>) -> AppStatus {
 /// One pass now over the selected applications (all when none is named). The slot is the current
 /// second, so a second `once` in the same second does not trigger twice. `ok` is false when any run
 /// failed or a name did not resolve.
-pub async fn once(config: &Config, names: &[String], dry_run: bool) -> Result<(String, bool)> {
+pub async fn once(
+    config: &Config,
+    names: &[String],
+    dry_run: bool,
+    prune: bool,
+) -> Result<(String, bool)> {
     let session = Session::open(config).await?;
     let apps = session.select(names)?;
     let slot = DateTime::from_timestamp(Utc::now().timestamp(), 0).expect("now is representable");
@@ -375,7 +380,7 @@ pub async fn once(config: &Config, names: &[String], dry_run: bool) -> Result<(S
     let token = session.token.clone();
     let outcomes = futures::future::join_all(apps.iter().map(|app| {
         let token = token.clone();
-        async move { runner::run_slot(app, slot, &token).await }
+        async move { runner::run_slot(app, slot, prune, &token).await }
     }))
     .await;
     for (app, outcome) in apps.iter().zip(outcomes) {
@@ -401,4 +406,102 @@ pub async fn once(config: &Config, names: &[String], dry_run: bool) -> Result<(S
         t.add_row(vec![app.config.name.clone(), what.into(), id, detail]);
     }
     Ok((format!("{t}\n"), ok))
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// prune
+// ---------------------------------------------------------------------------------------------------------
+
+/// Retention only: per application every savepoint with its decision and reason; with `dry_run`, exactly
+/// what a real run would delete, and nothing is deleted. `ok` is false when a name did not resolve, the
+/// savepoints could not be listed, or a deletion failed.
+pub async fn prune(
+    config: &Config,
+    names: &[String],
+    dry_run: bool,
+    output: Output,
+) -> Result<(String, bool)> {
+    let session = Session::open(config).await?;
+    let apps = session.select(names)?;
+    let now = Utc::now();
+    let mut ok = true;
+    let mut text = String::new();
+    let mut reports = Vec::new();
+    for app in apps {
+        let name = &app.config.name;
+        let result = match app.resolver.resolve(name).await {
+            Ok(target) => crate::prune::prune(&app, &target, dry_run)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let report = match result {
+            Ok(r) => r,
+            Err(e) => {
+                ok = false;
+                text.push_str(&format!("{name}: not pruned: {e}\n\n"));
+                continue;
+            }
+        };
+        ok &= report.is_ok();
+        if output == Output::Table {
+            text.push_str(&prune_table(&report, &app.platform_name, now));
+        }
+        reports.push(report);
+    }
+    if output == Output::Json {
+        text = serde_json::to_string_pretty(&reports).expect("reports serialise") + "\n";
+    }
+    Ok((text, ok))
+}
+
+fn prune_table(report: &crate::prune::Report, platform: &str, now: DateTime<Utc>) -> String {
+    let to_delete = report.plan.deletions().count();
+    let head = if report.dry_run {
+        format!("{to_delete} would be deleted (dry run: nothing was deleted)")
+    } else {
+        format!(
+            "{} deleted, {} not deleted",
+            report.deleted.len(),
+            report.failed.len()
+        )
+    };
+    let mut t = table(&[
+        "savepoint",
+        "created",
+        "state",
+        "type / origin",
+        "decision",
+        "reason",
+    ]);
+    for d in &report.plan.decisions {
+        let s = &d.savepoint;
+        let decision = match (d.is_delete(), report.dry_run) {
+            (false, _) => "keep".to_owned(),
+            (true, true) => "would delete".to_owned(),
+            (true, false) => match report.failed.iter().find(|f| f.savepoint == s.id) {
+                Some(f) => format!("not deleted: {}", f.message),
+                None => "deleted".to_owned(),
+            },
+        };
+        t.add_row(vec![
+            s.id.clone(),
+            format!("{} ({} ago)", rfc3339(s.created_at), age(s.created_at, now)),
+            s.state.to_string(),
+            format!("{:?} / {:?}", s.kind, s.origin),
+            decision,
+            d.reason.clone(),
+        ]);
+    }
+    if report.plan.capped > 0 {
+        t.add_row(vec![
+            format!("+{} held back by maxDeletionsPerRun", report.plan.capped),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+        ]);
+    }
+    format!("{} on {platform}: {head}\n{t}\n\n", report.application)
 }

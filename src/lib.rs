@@ -13,6 +13,8 @@
 //! - [`resolve`]: application name -> [`platform::Target`], from a Kubernetes pod watch cache
 //!   (`resolve/pods.rs`) or through the platform's API.
 //! - [`retention`]: the pure retention planner: which savepoints to delete and why each other one stays.
+//! - [`prune`]: executes a retention plan through the platform (after every successful savepoint, and
+//!   for `savepointd prune`), counting deletions and refusals.
 //! - [`runtime`]: wires a config to live platform clients, resolvers and per-platform permit pools.
 //! - [`runner`]: one slot of one application: resolve, guard, trigger, wait, retry; adoption after a
 //!   restart.
@@ -25,6 +27,7 @@ pub mod commands;
 pub mod config;
 pub mod metrics;
 pub mod platform;
+pub mod prune;
 pub mod resolve;
 pub mod retention;
 pub mod runner;

@@ -41,17 +41,28 @@ enum LogFormat {
 enum Command {
     /// Run the daemon.
     Run,
-    /// One pass now: trigger, wait (for a Kubernetes CronJob).
+    /// One pass now: trigger, wait, prune (for a Kubernetes CronJob).
     Once {
         /// Only these applications (repeatable); all when absent.
         #[arg(long = "app")]
         apps: Vec<String>,
-        /// Do not prune after the savepoints (retention is not part of this build: nothing is pruned).
+        /// Do not apply retention after the savepoints.
         #[arg(long)]
         no_prune: bool,
         /// Print what would be triggered; trigger nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Retention only: prints each savepoint's decision and its reason.
+    Prune {
+        /// Only these applications (repeatable); all when absent.
+        #[arg(long = "app")]
+        apps: Vec<String>,
+        /// Print exactly what a real run would delete; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
     },
     /// Per application: resolved id, last completed savepoint and age, in flight, next run.
     Status {
@@ -105,9 +116,14 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<bool> {
         }
         Command::Once {
             apps,
-            no_prune: _,
+            no_prune,
             dry_run,
-        } => commands::once(&config, &apps, dry_run).await?,
+        } => commands::once(&config, &apps, dry_run, !no_prune).await?,
+        Command::Prune {
+            apps,
+            dry_run,
+            output,
+        } => commands::prune(&config, &apps, dry_run, output).await?,
         Command::Status { output } => commands::status(&config, output).await?,
         Command::Resolve { name } => commands::resolve(&config, &name).await?,
         Command::CheckConfig => unreachable!("handled before the runtime starts"),

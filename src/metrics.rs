@@ -382,6 +382,30 @@ impl AppMetrics {
             .inc();
     }
 
+    pub fn retention_deleted(&self) {
+        self.metrics
+            .0
+            .retention_deleted
+            .with_label_values(&self.labels())
+            .inc();
+    }
+
+    pub fn retention_delete_failure(&self, reason: &str) {
+        self.metrics
+            .0
+            .retention_delete_failures
+            .with_label_values(&self.with_reason(reason))
+            .inc();
+    }
+
+    pub fn retained(&self, completed: usize) {
+        self.metrics
+            .0
+            .retained
+            .with_label_values(&self.labels())
+            .set(completed as i64);
+    }
+
     pub fn in_progress(&self, on: bool) {
         self.metrics
             .0

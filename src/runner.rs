@@ -105,14 +105,22 @@ impl Outcome {
 
 /// Runs one slot of one application to its end. Never panics and never returns an error: every outcome
 /// is logged and counted here.
-pub async fn run_slot(app: &App, slot: DateTime<Utc>, shutdown: &CancellationToken) -> Outcome {
+/// With `prune`, retention runs after a savepoint completed (when the application has a policy).
+pub async fn run_slot(
+    app: &App,
+    slot: DateTime<Utc>,
+    prune: bool,
+    shutdown: &CancellationToken,
+) -> Outcome {
     let span = tracing::info_span!(
         "run",
         application = %app.config.name,
         platform = %app.platform_name,
         slot = %slot.to_rfc3339(),
     );
-    let outcome = run(app, slot, shutdown).instrument(span.clone()).await;
+    let outcome = run(app, slot, prune, shutdown)
+        .instrument(span.clone())
+        .await;
     let _enter = span.enter();
     match &outcome {
         Outcome::Completed { savepoint, adopted } => info!(
@@ -139,7 +147,7 @@ pub async fn run_slot(app: &App, slot: DateTime<Utc>, shutdown: &CancellationTok
     outcome
 }
 
-async fn run(app: &App, slot: DateTime<Utc>, shutdown: &CancellationToken) -> Outcome {
+async fn run(app: &App, slot: DateTime<Utc>, prune: bool, shutdown: &CancellationToken) -> Outcome {
     let name = &app.config.name;
     if app.config.paused {
         return Outcome::Skipped(Skip::Paused);
@@ -205,7 +213,12 @@ async fn run(app: &App, slot: DateTime<Utc>, shutdown: &CancellationToken) -> Ou
         };
         drop(permit);
         let failure = match result {
-            Ok(outcome) => return outcome,
+            Ok(outcome) => {
+                if prune && app.config.retention.is_enabled() {
+                    prune_after_success(app, &target).await;
+                }
+                return outcome;
+            }
             Err(f) => f,
         };
         app.metrics.failure(failure.category());
@@ -329,6 +342,20 @@ async fn follow_held(
             // The HTTP layer retried already; keep following until the deadline.
             Err(e) => warn!(savepoint_id = %savepoint.id, error = %e, "poll failed"),
         }
+    }
+}
+
+/// Retention after a successful savepoint. Its failures are counted and logged inside; they never make
+/// the savepoint run fail.
+async fn prune_after_success(app: &App, target: &Target) {
+    match crate::prune::prune(app, target, false).await {
+        Ok(report) if !report.deleted.is_empty() || !report.failed.is_empty() => info!(
+            deleted = report.deleted.len(),
+            failed = report.failed.len(),
+            "retention applied"
+        ),
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "retention skipped: cannot list savepoints"),
     }
 }
 

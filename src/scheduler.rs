@@ -54,7 +54,7 @@ async fn application_loop(app: Arc<App>, shutdown: CancellationToken) {
         && !shutdown.is_cancelled()
     {
         info!(application = %config.name, slot = %previous.to_rfc3339(), "running a slot missed at startup");
-        runner::run_slot(&app, previous, &shutdown).await;
+        runner::run_slot(&app, previous, true, &shutdown).await;
         last = Some(previous);
     }
 
@@ -90,7 +90,7 @@ async fn application_loop(app: Arc<App>, shutdown: CancellationToken) {
         // for this slot record its start before any of them does the run's synchronous work, so one
         // application's run never delays another's start.
         tokio::task::yield_now().await;
-        runner::run_slot(&app, next, &shutdown).await;
+        runner::run_slot(&app, next, true, &shutdown).await;
         last = Some(next);
     }
 }

@@ -133,7 +133,7 @@ fn path_of(location: &str) -> PathBuf {
 
 async fn once(config: &Config, apps: &[&str]) -> (String, bool) {
     let names: Vec<String> = apps.iter().map(|a| a.to_string()).collect();
-    commands::once(config, &names, false)
+    commands::once(config, &names, false, true)
         .await
         .expect("once runs")
 }

@@ -23,7 +23,7 @@ fn app(name: &str, extra: &str) -> String {
 
 async fn once(config: &Config, apps: &[&str]) -> (String, bool) {
     let names: Vec<String> = apps.iter().map(|s| s.to_string()).collect();
-    commands::once(config, &names, false)
+    commands::once(config, &names, false, true)
         .await
         .expect("once runs")
 }
@@ -168,7 +168,7 @@ async fn a_paused_application_is_skipped() {
 async fn an_unknown_application_name_is_an_error() {
     let f = fixture(VvpSimOptions::default()).await;
     let c = config(&f, "", &app("payments", ""));
-    let err = commands::once(&c, &["nope".into()], false)
+    let err = commands::once(&c, &["nope".into()], false, true)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("\"nope\""), "{err}");
@@ -269,7 +269,7 @@ async fn status_reports_id_last_savepoint_and_next_run() {
 async fn dry_run_triggers_nothing() {
     let f = fixture(VvpSimOptions::default()).await;
     let c = config(&f, "", &app("payments", ""));
-    let (text, ok) = commands::once(&c, &[], true).await.unwrap();
+    let (text, ok) = commands::once(&c, &[], true, true).await.unwrap();
     assert!(ok);
     assert!(
         text.contains("would trigger") && text.contains(APPS[1].1),

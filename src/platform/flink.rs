@@ -107,15 +107,6 @@ impl Flink {
             })
     }
 
-    fn storage_error(&self, operation: &'static str, url: &Url, e: object_store::Error) -> Error {
-        Error::Connect {
-            platform: self.platform(),
-            operation,
-            url: url.to_string(),
-            message: e.to_string(),
-        }
-    }
-
     /// Asks the JobManager to dispose of a savepoint. `Err` carries why it could not.
     async fn dispose(&self, location: &str) -> Result<(), String> {
         let body = json!({ "savepoint-path": location });
@@ -163,7 +154,7 @@ impl Flink {
             id: id.to_owned(),
             message,
         };
-        let Some((store, base)) = self.storage.open(app_dir).map_err(&failed)? else {
+        let Some(Opened { store, base }) = self.storage.open(app_dir).map_err(&failed)? else {
             return Ok(0);
         };
         let relative = dir
@@ -225,7 +216,7 @@ impl Platform for Flink {
             .into_iter()
             .filter(|j| j.name == application || resolve::sanitize(&j.name) == wanted)
             .collect();
-        named.sort_by(|a, b| b.start_time.cmp(&a.start_time));
+        named.sort_by_key(|j| std::cmp::Reverse(j.start_time));
         let running: Vec<String> = named
             .iter()
             .filter(|j| j.state == "RUNNING")
@@ -362,7 +353,12 @@ impl Platform for Flink {
             .storage
             .list(&app_dir)
             .await
-            .map_err(|(url, e)| self.storage_error("list_directory", &url, e))?;
+            .map_err(|message| Error::Connect {
+                platform: self.platform(),
+                operation: "list_directory",
+                url: app_dir.to_string(),
+                message,
+            })?;
         let present: HashSet<&str> = on_disk.iter().map(|d| d.location.as_str()).collect();
         let managed = || Managed {
             application: application.clone(),
@@ -636,6 +632,12 @@ struct Storage {
     remote: Option<Arc<dyn ObjectStore>>,
 }
 
+/// A client, and the path of the opened directory in it.
+struct Opened {
+    store: Arc<dyn ObjectStore>,
+    base: StorePath,
+}
+
 /// A completed savepoint directory: `savepoint-*` with a `_metadata` in it.
 struct SavepointDir {
     name: String,
@@ -685,11 +687,14 @@ impl Storage {
     }
 
     /// A client and the path of `dir` in it; `None` when a local directory does not exist.
-    fn open(&self, dir: &Url) -> Result<Option<(Arc<dyn ObjectStore>, StorePath)>, String> {
+    fn open(&self, dir: &Url) -> Result<Option<Opened>, String> {
         match &self.remote {
             Some(store) => {
                 let (_, path) = ObjectStoreScheme::parse(dir).map_err(|e| format!("{dir}: {e}"))?;
-                Ok(Some((store.clone(), path)))
+                Ok(Some(Opened {
+                    store: store.clone(),
+                    base: path,
+                }))
             }
             None => {
                 let path = dir
@@ -701,26 +706,23 @@ impl Storage {
                 let store = object_store::local::LocalFileSystem::new_with_prefix(&path)
                     .map_err(|e| format!("{dir}: {e}"))?
                     .with_automatic_cleanup(true);
-                Ok(Some((Arc::new(store), StorePath::default())))
+                Ok(Some(Opened {
+                    store: Arc::new(store),
+                    base: StorePath::default(),
+                }))
             }
         }
     }
 
     /// The completed savepoints in `dir`; an absent directory has none.
-    async fn list(&self, dir: &Url) -> Result<Vec<SavepointDir>, (Url, object_store::Error)> {
-        let generic = |message: String| object_store::Error::Generic {
-            store: "savepoints",
-            source: message.into(),
-        };
-        let (store, base) = match self.open(dir) {
-            Ok(Some(opened)) => opened,
-            Ok(None) => return Ok(Vec::new()),
-            Err(message) => return Err((dir.clone(), generic(message))),
+    async fn list(&self, dir: &Url) -> Result<Vec<SavepointDir>, String> {
+        let Some(Opened { store, base }) = self.open(dir)? else {
+            return Ok(Vec::new());
         };
         let listing = match store.list_with_delimiter(Some(&base)).await {
             Ok(listing) => listing,
             Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
-            Err(e) => return Err((dir.clone(), e)),
+            Err(e) => return Err(e.to_string()),
         };
         let candidates: Vec<(String, StorePath)> = listing
             .common_prefixes
@@ -754,7 +756,7 @@ impl Storage {
             .buffer_unordered(STORAGE_CONCURRENCY)
             .try_collect()
             .await
-            .map_err(|e| (dir.clone(), e))?;
+            .map_err(|e| e.to_string())?;
         let mut found: Vec<SavepointDir> = found.into_iter().flatten().collect();
         found.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(found)

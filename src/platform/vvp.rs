@@ -30,6 +30,45 @@ impl Vvp {
         format!("api/v1/namespaces/{}/{rest}", self.namespace)
     }
 
+    /// VVP deletes every resource that points to a location together. The planner sees one deployment's
+    /// savepoints; a resource of another deployment (a COPIED registration, say) may point to the same
+    /// data, and would be deleted with it. Such a deletion is refused here.
+    async fn refuse_if_shared_elsewhere(
+        &self,
+        target: &Target,
+        savepoint: &Savepoint,
+    ) -> Result<()> {
+        let Some(location) = savepoint.location.as_deref() else {
+            return Ok(());
+        };
+        let all: List<WireSavepoint> = self
+            .api
+            .json(
+                "list",
+                Method::GET,
+                &self.path("savepoints"),
+                None,
+                Retry::Idempotent,
+            )
+            .await?;
+        let elsewhere = all.into_items().into_iter().find(|w| {
+            w.spec.savepoint_location.as_deref() == Some(location)
+                && w.metadata.deployment_id.as_deref() != Some(target.id.as_str())
+        });
+        match elsewhere {
+            None => Ok(()),
+            Some(w) => Err(super::Error::DeletionFailed {
+                platform: self.api.platform().to_owned(),
+                id: savepoint.id.clone(),
+                message: format!(
+                    "its location {location} is shared with savepoint {} of deployment {}, which VVP would delete too",
+                    w.metadata.id,
+                    w.metadata.deployment_id.as_deref().unwrap_or("?")
+                ),
+            }),
+        }
+    }
+
     fn decode(&self, operation: &'static str, wire: WireSavepoint) -> Result<Savepoint> {
         wire.into_savepoint()
             .map_err(|message| super::Error::Decode {
@@ -136,6 +175,7 @@ impl Platform for Vvp {
     }
 
     async fn delete(&self, target: &Target, savepoint: &Savepoint) -> Result<()> {
+        self.refuse_if_shared_elsewhere(target, savepoint).await?;
         // Never `?force=true`: VVP's prerequisites are the last line of defence.
         let path = self.path(&format!("savepoints/{}", savepoint.id));
         self.api
@@ -214,6 +254,7 @@ struct WireSavepoint {
 #[serde(rename_all = "camelCase")]
 struct WireMeta {
     id: String,
+    deployment_id: Option<String>,
     created_at: Option<DateTime<Utc>>,
     origin: Option<String>,
     #[serde(rename = "type")]

@@ -106,14 +106,13 @@ impl Cluster {
             pid = std::process::id(),
             harness = harness().display(),
         );
-        // Detached on purpose: it must outlive this process to do its job.
-        Command::new("sh")
-            .args(["-c", &watcher])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
+        // Started in the background of a shell that exits at once, so that it outlives this process
+        // (its job) and is never a child left to reap.
+        let detached = Command::new("sh")
+            .args(["-c", &format!("({watcher}) >/dev/null 2>&1 </dev/null &")])
+            .status()
             .expect("start the cluster watcher");
+        assert!(detached.success(), "cluster watcher: {detached}");
         let started = run_harness(vec![
             "start".into(),
             "--dir".into(),

@@ -1,0 +1,89 @@
+//! Executing a retention plan: list the application's savepoints, plan with the pure
+//! [`retention::plan`], delete what it says through the platform, and count what happened. A refused or
+//! failed deletion is counted and logged with the platform's message; the others go on, and nothing here
+//! ever stops the daemon.
+
+use chrono::Utc;
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::platform::{self, State, Target};
+use crate::retention::{self, Plan};
+use crate::runtime::App;
+
+/// One deletion that did not happen.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeleteFailure {
+    pub savepoint: String,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// What one prune of one application did (or, in a dry run, would do).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub application: String,
+    pub dry_run: bool,
+    pub plan: Plan,
+    pub deleted: Vec<String>,
+    pub failed: Vec<DeleteFailure>,
+}
+
+impl Report {
+    pub fn is_ok(&self) -> bool {
+        self.failed.is_empty()
+    }
+}
+
+/// Prunes one application of a resolved target. `Err` only when the savepoints could not be listed.
+pub async fn prune(app: &App, target: &Target, dry_run: bool) -> Result<Report, platform::Error> {
+    let c = &app.config;
+    let history = app.platform.list(target).await?;
+    let plan = retention::plan(&history, &c.retention, &c.name, c.timezone, Utc::now());
+    let mut report = Report {
+        application: c.name.clone(),
+        dry_run,
+        deleted: Vec::new(),
+        failed: Vec::new(),
+        plan,
+    };
+    if report.plan.capped > 0 {
+        warn!(
+            application = %c.name,
+            held_back = report.plan.capped,
+            max = c.retention.max_deletions_per_run,
+            "more savepoints are due for deletion than maxDeletionsPerRun allows; the rest wait for the next run"
+        );
+    }
+    if dry_run {
+        return Ok(report);
+    }
+    let deletions: Vec<_> = report.plan.deletions().cloned().collect();
+    let mut completed_left = 0;
+    for d in deletions {
+        let s = &d.savepoint;
+        match app.platform.delete(target, s).await {
+            Ok(()) => {
+                app.metrics.retention_deleted();
+                info!(application = %c.name, platform = %app.platform_name, savepoint_id = %s.id,
+                    location = s.location.as_deref().unwrap_or(""), reason = %d.reason, "savepoint deleted");
+                report.deleted.push(s.id.clone());
+            }
+            Err(e) => {
+                completed_left += usize::from(s.state == State::Completed);
+                app.metrics.retention_delete_failure(e.category());
+                warn!(application = %c.name, platform = %app.platform_name, savepoint_id = %s.id,
+                    reason = e.category(), error = %e, "savepoint not deleted");
+                report.failed.push(DeleteFailure {
+                    savepoint: s.id.clone(),
+                    reason: e.category(),
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+    app.metrics
+        .retained(report.plan.retained_completed() + completed_left);
+    Ok(report)
+}

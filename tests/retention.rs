@@ -1,0 +1,284 @@
+//! Retention executed against the VVP simulator, seeded with a history that exercises every rule:
+//! asserts exactly which DELETE requests were made, that `--dry-run` announces exactly those and deletes
+//! nothing, that a refusal (409) is counted and the rest go on, and that retention runs after every
+//! successful savepoint.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::{Value, json};
+use support::eventually;
+use support::fixture::{APPS, Daemon, Fixture, fixture};
+use support::vvp_sim::VvpSimOptions;
+
+use savepointd::commands::{self, Output};
+
+const DEPLOYMENT: &str = APPS[1].1;
+const APP: &str = "payments";
+
+/// One savepoint resource of the payments deployment, `days` old.
+fn savepoint(id: &str, days: i64, state: &str, origin: &str, kind: &str, managed: bool) -> Value {
+    let created = Utc::now() - chrono::Duration::days(days);
+    let mut annotations = json!({});
+    if managed {
+        annotations = json!({
+            "savepointd.io/managed-by": "savepointd",
+            "savepointd.io/application": APP,
+            "savepointd.io/slot": created.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        });
+    }
+    json!({
+        "apiVersion": "v1", "kind": "Savepoint",
+        "metadata": {"id": id, "namespace": "default", "createdAt": created.to_rfc3339(),
+            "deploymentId": DEPLOYMENT, "origin": origin, "type": kind, "annotations": annotations},
+        "spec": {"savepointLocation": format!("s3://flink/savepoints/{id}")},
+        "status": {"state": state}
+    })
+}
+
+/// Every rule of DESIGN.md §5 in one history (ids say what each one is for).
+fn seed(f: &Fixture) {
+    let seeds = [
+        savepoint("old-1", 10, "COMPLETED", "USER_REQUEST", "FULL", true),
+        savepoint("old-2", 9, "COMPLETED", "USER_REQUEST", "FULL", true),
+        savepoint(
+            "shared-managed",
+            8,
+            "COMPLETED",
+            "USER_REQUEST",
+            "FULL",
+            true,
+        ),
+        savepoint(
+            "incremental",
+            7,
+            "COMPLETED",
+            "USER_REQUEST",
+            "INCREMENTAL",
+            true,
+        ),
+        savepoint(
+            "retained-checkpoint",
+            7,
+            "COMPLETED",
+            "RETAINED_CHECKPOINT",
+            "FULL",
+            false,
+        ),
+        savepoint("user-made", 7, "COMPLETED", "USER_REQUEST", "FULL", false),
+        savepoint("failed", 6, "FAILED", "USER_REQUEST", "FULL", true),
+        savepoint("refused", 5, "COMPLETED", "USER_REQUEST", "FULL", true),
+        savepoint(
+            "pending-deletion",
+            5,
+            "PENDING_DELETION",
+            "USER_REQUEST",
+            "FULL",
+            true,
+        ),
+        savepoint("in-flight", 0, "STARTED", "USER_REQUEST", "FULL", false),
+        savepoint("newer", 2, "COMPLETED", "USER_REQUEST", "FULL", true),
+        savepoint("newest", 1, "COMPLETED", "USER_REQUEST", "FULL", true),
+    ];
+    for s in seeds {
+        f.vvp.seed_savepoint(s);
+    }
+    // A COPIED registration (kept: out of scope) pointing at shared-managed's data.
+    let mut copy = savepoint("shared-copy", 8, "COMPLETED", "COPIED", "UNKNOWN", false);
+    copy["spec"]["savepointLocation"] = json!("s3://flink/savepoints/shared-managed");
+    f.vvp.seed_savepoint(copy);
+    f.vvp
+        .deny_delete("refused", "Savepoint is referenced by deployment payments");
+}
+
+fn deletes(f: &Fixture) -> BTreeSet<String> {
+    f.vvp
+        .requests()
+        .iter()
+        .filter(|r| r.method == "DELETE")
+        .map(|r| r.path.rsplit('/').next().unwrap().to_owned())
+        .collect()
+}
+
+fn ids(list: &[&str]) -> BTreeSet<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+fn config(f: &Fixture, retention: &str) -> savepointd::config::Config {
+    savepointd::config::from_yaml(&f.config(
+        "",
+        &format!("  - name: {APP}\n    retention: {retention}\n"),
+    ))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_deletes_exactly_what_the_rules_allow_and_dry_run_says_so_first() {
+    let f = fixture(VvpSimOptions::default()).await;
+    seed(&f);
+    let c = config(&f, "{ keepLast: 2 }");
+    let names = [APP.to_owned()];
+
+    let (dry, ok) = commands::prune(&c, &names, true, Output::Json)
+        .await
+        .unwrap();
+    assert!(ok, "{dry}");
+    assert!(deletes(&f).is_empty(), "a dry run deletes nothing");
+    let reports: Value = serde_json::from_str(&dry).unwrap();
+    let announced: BTreeSet<String> = reports[0]["plan"]["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["action"] == "delete")
+        .map(|d| d["savepoint"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    let expected = ids(&["old-1", "old-2", "failed", "refused"]);
+    assert_eq!(announced, expected, "{dry}");
+
+    let (table, ok) = commands::prune(&c, &names, false, Output::Table)
+        .await
+        .unwrap();
+    assert!(!ok, "the refused deletion makes the run fail: {table}");
+    assert_eq!(
+        deletes(&f),
+        expected,
+        "exactly the announced deletions were asked for"
+    );
+    for needle in [
+        "Savepoint is referenced by deployment payments",
+        "kept: incremental",
+        "kept: retained checkpoint",
+        "kept: outside scope managed",
+        "kept: in flight",
+        "kept: deletion already under way",
+        "kept: shares its location",
+        "kept: newest completed",
+        "deleted",
+    ] {
+        assert!(table.contains(needle), "{needle} missing:\n{table}");
+    }
+    let left: BTreeSet<String> = f
+        .vvp
+        .savepoints()
+        .iter()
+        .map(|s| s["metadata"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    for gone in ["old-1", "old-2", "failed"] {
+        assert!(!left.contains(gone), "{gone} was deleted");
+    }
+    for kept in [
+        "refused",
+        "shared-managed",
+        "shared-copy",
+        "newest",
+        "newer",
+        "incremental",
+    ] {
+        assert!(left.contains(kept), "{kept} is still there");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_keep_rule_nothing_is_deleted() {
+    let f = fixture(VvpSimOptions::default()).await;
+    seed(&f);
+    let c = config(&f, "{ minKeep: 1 }");
+    let (text, ok) = commands::prune(&c, &[], false, Output::Table)
+        .await
+        .unwrap();
+    assert!(ok);
+    assert!(text.contains("kept: retention off"), "{text}");
+    assert!(deletes(&f).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_location_shared_with_another_deployment_is_never_deleted() {
+    let f = fixture(VvpSimOptions::default()).await;
+    f.vvp.seed_savepoint(savepoint(
+        "mine-old",
+        3,
+        "COMPLETED",
+        "USER_REQUEST",
+        "FULL",
+        true,
+    ));
+    f.vvp.seed_savepoint(savepoint(
+        "mine-new",
+        1,
+        "COMPLETED",
+        "USER_REQUEST",
+        "FULL",
+        true,
+    ));
+    // Another deployment registered (COPIED) the same data.
+    let mut foreign = savepoint("theirs", 3, "COMPLETED", "COPIED", "UNKNOWN", false);
+    foreign["metadata"]["deploymentId"] = json!(APPS[2].1);
+    foreign["spec"]["savepointLocation"] = json!("s3://flink/savepoints/mine-old");
+    f.vvp.seed_savepoint(foreign);
+    let c = config(&f, "{ keepLast: 1 }");
+    let (text, ok) = commands::prune(&c, &[], false, Output::Table)
+        .await
+        .unwrap();
+    assert!(!ok);
+    assert!(text.contains("shared with savepoint theirs"), "{text}");
+    assert!(deletes(&f).is_empty(), "no DELETE was sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_prunes_after_every_successful_savepoint_and_counts_refusals() {
+    let f = fixture(VvpSimOptions::default()).await;
+    f.vvp.seed_savepoint(savepoint(
+        "refused",
+        5,
+        "COMPLETED",
+        "USER_REQUEST",
+        "FULL",
+        true,
+    ));
+    f.vvp.deny_delete("refused", "Savepoint is referenced");
+    let yaml = f.config(
+        "",
+        &format!(
+            "  - name: {APP}\n    schedule: \"*/2 * * * * *\"\n    retention: {{ keepLast: 1 }}\n"
+        ),
+    );
+    let daemon = Daemon::start(&yaml).await;
+    let series = |name: &str, extra: &str| {
+        format!("savepointd_{name}{{application=\"{APP}\",platform=\"vvp\"{extra}}}")
+    };
+    let pruned = eventually(Duration::from_secs(20), || async {
+        let deleted = daemon
+            .metric(&series("retention_deleted_total", ""))
+            .await?;
+        (deleted >= 1.0).then_some(())
+    })
+    .await;
+    let metrics = daemon.get("/metrics").await.1;
+    daemon.stop().await;
+    assert!(pruned.is_some(), "{metrics}");
+    assert!(
+        metrics.contains(&series(
+            "retention_delete_failures_total",
+            ",reason=\"conflict\""
+        )),
+        "{metrics}"
+    );
+    // keepLast 1: only the newest savepoint savepointd took, and the refused one, remain completed.
+    assert!(
+        metrics.contains(&format!("{} 2", series("retained_savepoints", ""))),
+        "{metrics}"
+    );
+    let completed = f
+        .vvp
+        .savepoints()
+        .iter()
+        .filter(|s| s["status"]["state"] == "COMPLETED")
+        .count();
+    assert!(
+        completed <= 3,
+        "old savepoints were pruned as new ones came: {completed}"
+    );
+}
