@@ -236,38 +236,6 @@ impl Metrics {
         }
     }
 
-    /// Removes every series of an application that left the config.
-    pub fn forget(&self, application: &str, platform: &str) {
-        let i = &self.0;
-        let l = [application, platform];
-        for v in [&i.attempts, &i.success, &i.retention_deleted] {
-            let _ = v.remove_label_values(&l);
-        }
-        for v in [&i.last_success, &i.expected_interval, &i.next_run] {
-            let _ = v.remove_label_values(&l);
-        }
-        for v in [&i.last_status, &i.in_progress, &i.retained] {
-            let _ = v.remove_label_values(&l);
-        }
-        let _ = i.duration.remove_label_values(&l);
-        for v in [
-            &i.failure,
-            &i.skipped,
-            &i.resolve_failures,
-            &i.retention_delete_failures,
-        ] {
-            // One series per reason seen; find them through the collected label values.
-            for family in prometheus::core::Collector::collect(v) {
-                for m in family.get_metric() {
-                    let values: Vec<&str> = m.get_label().iter().map(|p| p.value()).collect();
-                    if values.starts_with(&l) {
-                        let _ = v.remove_label_values(&values);
-                    }
-                }
-            }
-        }
-    }
-
     pub fn app(&self, application: &str, platform: &str) -> AppMetrics {
         AppMetrics {
             metrics: self.clone(),
@@ -430,22 +398,6 @@ impl AppMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn series_of_a_forgotten_application_disappear() {
-        let m = Metrics::new();
-        let a = m.app("orders", "vvp");
-        a.attempt();
-        a.failure("timeout");
-        a.skipped("paused");
-        m.app("payments", "vvp").attempt();
-        let before = m.render();
-        assert!(before.contains(r#"application="orders""#));
-        m.forget("orders", "vvp");
-        let after = m.render();
-        assert!(!after.contains(r#"application="orders""#), "{after}");
-        assert!(after.contains(r#"application="payments""#));
-    }
 
     #[test]
     fn last_success_only_moves_forward() {
