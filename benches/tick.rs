@@ -179,7 +179,7 @@ async fn tick(world: &World, max_concurrent: usize) -> String {
     let child = world.spawn(&config);
     wait_ready(port).await;
     let kube_before = world.kube.request_count();
-    let done = eventually(Duration::from_secs(90), || async {
+    let done = eventually(Duration::from_secs(240), || async {
         (world.vvp.triggers().len() >= before + APPLICATIONS).then_some(())
     })
     .await;

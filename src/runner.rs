@@ -245,11 +245,6 @@ async fn trigger(
     slot: DateTime<Utc>,
     attempt: u32,
 ) -> Result<Outcome, Failure> {
-    let _permit = app
-        .permits
-        .acquire()
-        .await
-        .expect("semaphore is never closed");
     let request = TriggerRequest {
         application: &app.config.name,
         slot,

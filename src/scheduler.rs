@@ -43,7 +43,9 @@ pub async fn run(apps: Vec<Arc<App>>, shutdown: CancellationToken, grace: Durati
 async fn application_loop(app: Arc<App>, shutdown: CancellationToken) {
     let config = &app.config;
     let (schedule, tz) = (&config.schedule, config.timezone);
-    runner::recover(&app).await;
+    // Runs are boxed: a thousand loops sleep between slots, and each would otherwise carry the largest
+    // state of a run (its HTTP futures) inline while it sleeps.
+    Box::pin(runner::recover(&app)).await;
 
     // A slot missed by less than startingDeadline (the daemon restarted across it) is still run; the
     // platform's records tell whether it already has its savepoint.
@@ -54,7 +56,7 @@ async fn application_loop(app: Arc<App>, shutdown: CancellationToken) {
         && !shutdown.is_cancelled()
     {
         info!(application = %config.name, slot = %previous.to_rfc3339(), "running a slot missed at startup");
-        runner::run_slot(&app, previous, true, &shutdown).await;
+        Box::pin(runner::run_slot(&app, previous, true, &shutdown)).await;
         last = Some(previous);
     }
 
@@ -90,7 +92,7 @@ async fn application_loop(app: Arc<App>, shutdown: CancellationToken) {
         // for this slot record its start before any of them does the run's synchronous work, so one
         // application's run never delays another's start.
         tokio::task::yield_now().await;
-        runner::run_slot(&app, next, true, &shutdown).await;
+        Box::pin(runner::run_slot(&app, next, true, &shutdown)).await;
         last = Some(next);
     }
 }

@@ -107,10 +107,19 @@ impl Flink {
             })
     }
 
-    /// Asks the JobManager to dispose of a savepoint. `Err` carries why it could not.
-    async fn dispose(&self, location: &str) -> Result<(), String> {
+    /// Asks the JobManager to dispose of a savepoint and follows the disposal to its end. A refusal
+    /// (an HTTP error status, or a failure cause) is `Ok(Refused)`; an unreachable JobManager or a
+    /// disposal that does not end in time is an error.
+    async fn dispose(&self, id: &str, location: &str) -> Result<Disposal> {
+        let refused = |e: Error| match e.status() {
+            // Flink's error bodies carry whole stack traces; the first line says what happened.
+            Some(_) => Ok(Disposal::Refused(
+                e.to_string().lines().next().unwrap_or_default().to_owned(),
+            )),
+            None => Err(e),
+        };
         let body = json!({ "savepoint-path": location });
-        let started: WireRequestId = self
+        let started: WireRequestId = match self
             .api
             .json(
                 "dispose",
@@ -120,27 +129,34 @@ impl Flink {
                 Retry::Idempotent,
             )
             .await
-            .map_err(|e| e.to_string())?;
+        {
+            Ok(started) => started,
+            Err(e) => return refused(e),
+        };
         let path = format!("savepoint-disposal/{}", started.request_id);
         let begun = Instant::now();
         let mut interval = Duration::from_millis(100);
         loop {
-            let status: WireOperation = self
+            let status: WireOperation = match self
                 .api
                 .json("get_disposal", Method::GET, &path, None, Retry::Idempotent)
                 .await
-                .map_err(|e| e.to_string())?;
+            {
+                Ok(status) => status,
+                Err(e) => return refused(e),
+            };
             if status.status.id == "COMPLETED" {
-                return match status.operation.and_then(|o| o.failure_cause) {
-                    None => Ok(()),
-                    Some(cause) => Err(cause.summary()),
-                };
+                return Ok(match status.operation.and_then(|o| o.failure_cause) {
+                    None => Disposal::Done,
+                    Some(cause) => Disposal::Refused(cause.summary()),
+                });
             }
             if begun.elapsed() >= DISPOSAL_FOLLOW_LIMIT {
-                return Err(format!(
-                    "disposal {} still {} after {DISPOSAL_FOLLOW_LIMIT:?}",
-                    started.request_id, status.status.id
-                ));
+                return Err(Error::DeletionPending {
+                    platform: self.platform(),
+                    id: id.to_owned(),
+                    after: DISPOSAL_FOLLOW_LIMIT,
+                });
             }
             tokio::time::sleep(interval).await;
             interval = (interval * 2).min(Duration::from_secs(2));
@@ -413,12 +429,10 @@ impl Platform for Flink {
             .location
             .as_deref()
             .ok_or_else(|| failed("it has no location, so there is nothing to dispose".into()))?;
-        let application = match &savepoint.managed {
-            Some(m) => m.application.clone(),
-            None => self.application_of(target).await?,
-        };
+        // The application the target stands for, not the one the savepoint claims: never anything
+        // outside the directory of the application being pruned, whoever asks.
+        let application = self.application_of(target).await?;
         let app_dir = self.storage.app_dir(&application);
-        // Never anything outside the application's own directory, whoever asks.
         let dir = match normalize(location) {
             Some(dir) if is_under(location, &app_dir) => dir,
             _ => {
@@ -428,9 +442,9 @@ impl Platform for Flink {
                 )));
             }
         };
-        let why = match self.dispose(location).await {
-            Ok(()) => return Ok(()),
-            Err(why) => why,
+        let why = match self.dispose(&savepoint.id, location).await? {
+            Disposal::Done => return Ok(()),
+            Disposal::Refused(why) => why,
         };
         tracing::warn!(
             platform = %self.api.platform(),
@@ -442,6 +456,13 @@ impl Platform for Flink {
         tracing::info!(savepoint = %location, objects = deleted, "savepoint files deleted");
         Ok(())
     }
+}
+
+/// How a disposal by the JobManager ended.
+enum Disposal {
+    Done,
+    /// The JobManager could not dispose of it (it cannot read the metadata, say); the reason.
+    Refused(String),
 }
 
 /// The trigger id of one attempt at one slot: the first 16 bytes of
@@ -1153,6 +1174,26 @@ mod tests {
                 .as_str(),
             "file:///data/sp/orders/"
         );
+        // Cloud stores are set up without contacting them; credentials are looked up when used.
+        for (root, dir) in [
+            ("s3://flink/savepoints", "s3://flink/savepoints/orders/"),
+            ("gs://flink/savepoints/", "gs://flink/savepoints/orders/"),
+            (
+                "abfss://flink@account.dfs.core.windows.net/savepoints",
+                "abfss://flink@account.dfs.core.windows.net/savepoints/orders/",
+            ),
+        ] {
+            let storage = Storage::new(root).unwrap_or_else(|e| panic!("{root}: {e}"));
+            assert_eq!(storage.app_dir("orders").as_str(), dir);
+            assert!(storage.remote.is_some());
+        }
+        // az:// takes the account from AZURE_STORAGE_ACCOUNT_NAME; without it, the setup says so.
+        if std::env::var_os("AZURE_STORAGE_ACCOUNT_NAME").is_none() {
+            let err = Storage::new("az://flink/savepoints")
+                .err()
+                .unwrap_or_default();
+            assert!(err.contains("Account must be specified"), "{err}");
+        }
         assert!(Storage::new("https://example.com/sp").is_err());
         assert!(Storage::new("relative/path").is_err());
     }

@@ -49,6 +49,13 @@ impl PodIndex {
         let api: Api<Pod> = Api::namespaced(client, &config.namespace);
         let stream = watcher(api, watcher::Config::default().labels(&config.selector))
             .default_backoff()
+            // Only the labels are read; a Flink pod's spec and status are most of its size.
+            .modify(|pod| {
+                pod.spec = None;
+                pod.status = None;
+                pod.metadata.annotations = None;
+                pod.metadata.managed_fields = None;
+            })
             .reflect(writer);
         let synced = index.synced.clone();
         let by_name = index.by_name.clone();
