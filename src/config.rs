@@ -373,10 +373,24 @@ fn from_figment(figment: Figment) -> Result<Config> {
     file.validate()
 }
 
+/// The top-level sections of the file, the only ones environment variables may override.
+const SECTIONS: [&str; 5] = [
+    "server",
+    "kubernetes",
+    "defaults",
+    "platforms",
+    "applications",
+];
+
 /// `SAVEPOINTD_DEFAULTS__FORMAT_TYPE=NATIVE` becomes `defaults.formatType`.
 fn env_overrides() -> Env {
     Env::prefixed(ENV_PREFIX)
-        .ignore(&["CONFIG"])
+        // Only variables that name a config section: SAVEPOINTD_CONFIG and variables other programs
+        // define with the same prefix are not config.
+        .filter(|key| {
+            let section = key.as_str().split("__").next().unwrap_or_default();
+            SECTIONS.iter().any(|s| section.eq_ignore_ascii_case(s))
+        })
         .map(|key| {
             key.as_str()
                 .split("__")
@@ -408,14 +422,18 @@ fn figment_problem(error: figment::Error) -> Problem {
     let mut path = field_path(&error.path);
     let (value, reason) = match &error.kind {
         Kind::UnknownField(field, expected) => {
-            path = join(&path, field);
+            if error.path.last() != Some(field) {
+                path = join(&path, field);
+            }
             (
                 None,
                 format!("unknown field; expected one of: {}", expected.join(", ")),
             )
         }
         Kind::MissingField(field) => {
-            path = join(&path, field);
+            if error.path.last().map(String::as_str) != Some(field.as_ref()) {
+                path = join(&path, field);
+            }
             (None, "missing required field".to_owned())
         }
         Kind::InvalidType(actual, expected) => {

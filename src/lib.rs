@@ -9,7 +9,8 @@
 //! - [`schedule`]: pure schedule arithmetic (cron in a timezone, `@every`, `@daily-random`); takes `now`.
 //! - [`platform`]: the [`platform::Platform`] trait and the platform-neutral savepoint model;
 //!   `platform/http.rs` is the shared HTTP plumbing (TLS, tokens, retries, API metrics) and
-//!   `platform/vvp.rs` the one place that knows Ververica Platform's wire format.
+//!   `platform/vvp.rs` and `platform/flink.rs` are the one place each that knows Ververica Platform's and
+//!   Flink's JobManager REST wire formats.
 //! - [`resolve`]: application name -> [`platform::Target`], from a Kubernetes pod watch cache
 //!   (`resolve/pods.rs`) or through the platform's API.
 //! - [`retention`]: the pure retention planner: which savepoints to delete and why each other one stays.

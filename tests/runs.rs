@@ -21,11 +21,16 @@ fn app(name: &str, extra: &str) -> String {
     format!("  - name: {name}\n{extra}")
 }
 
+/// `savepointd once`, bounded: a run that hangs fails the test instead of stalling the suite.
 async fn once(config: &Config, apps: &[&str]) -> (String, bool) {
     let names: Vec<String> = apps.iter().map(|s| s.to_string()).collect();
-    commands::once(config, &names, false, true)
-        .await
-        .expect("once runs")
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        commands::once(config, &names, false, true),
+    )
+    .await
+    .expect("once finishes within 60 s")
+    .expect("once runs")
 }
 
 fn posts(f: &Fixture) -> usize {
@@ -276,4 +281,58 @@ async fn dry_run_triggers_nothing() {
         "{text}"
     );
     assert_eq!(posts(&f), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_name_application_platform_and_savepoint_on_every_savepoint_line() {
+    let f = fixture(VvpSimOptions::default()).await;
+    f.vvp
+        .fail_savepoints_of(APPS[0].1, "Checkpoint expired before completing");
+    let path = f.dir.path().join("config.yaml");
+    std::fs::write(
+        &path,
+        f.config(
+            "",
+            &format!("{}{}", app("payments", ""), app("Fraud Detection", "")),
+        ),
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_savepointd"))
+        .args([
+            "--config",
+            path.to_str().unwrap(),
+            "--log-format",
+            "json",
+            "once",
+        ])
+        .env("RUST_LOG", "info")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "one application failed");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let about_savepoints: Vec<_> = lines
+        .iter()
+        .filter(|l| l.get("savepoint_id").is_some())
+        .collect();
+    assert!(about_savepoints.len() >= 4, "{stderr}");
+    for l in &about_savepoints {
+        let span = &l["span"];
+        assert!(span["application"].is_string(), "{l}");
+        assert_eq!(span["platform"], "vvp", "{l}");
+    }
+    assert!(
+        lines.iter().any(
+            |l| l["message"] == "savepoint completed" && l["span"]["application"] == "payments"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(support::fixture::TOKEN),
+        "the token never appears in logs"
+    );
 }

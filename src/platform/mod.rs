@@ -1,4 +1,4 @@
-//! Platforms: one trait, one implementation per API (`vvp.rs`), and the platform-neutral savepoint model
+//! Platforms: one trait, one implementation per API (`vvp.rs`, `flink.rs`), and the platform-neutral savepoint model
 //! the runner, retention and the CLI work with. A platform's wire format lives in its own file only.
 
 pub mod flink;
