@@ -31,11 +31,19 @@ command -v kubectl >/dev/null || { echo "kubectl is missing (part of the machine
 # Apache Flink 2.3.0 and the demo job for the real-Flink tests (cached after the first run).
 python3 scripts/flink_harness.py install >/dev/null
 
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
 echo "== cargo test"
-cargo test --locked
+cargo test --locked 2>&1 | tee -a "$log"
 
 echo "== Helm chart"
-SAVEPOINTD_BIN="$PWD/target/debug/savepointd" "$venv/bin/python" -m pytest tests/chart -q
+SAVEPOINTD_BIN="$PWD/target/debug/savepointd" "$venv/bin/python" -m pytest tests/chart -q 2>&1 | tee -a "$log"
 
 echo "== alert rules and dashboard"
 bash tests/promtool/run.sh
+
+# One closing line over every suite (cargo prints one result line per test binary).
+passed=$(grep -hoE '[0-9]+ passed' "$log" | awk '{s += $1} END {print s + 0}')
+failed=$(grep -hoE '[0-9]+ failed' "$log" | awk '{s += $1} END {print s + 0}')
+echo "total: $passed passed, $failed failed"
