@@ -15,9 +15,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use support::eventually;
 use support::kube_fake::KubeFake;
 use support::vvp_sim::{VvpSim, VvpSimOptions};
+use support::{eventually, free_port};
 
 const APPLICATIONS: usize = 1000;
 const LATENCY: Duration = Duration::from_millis(10);
@@ -57,14 +57,6 @@ async fn world() -> World {
         kube,
         dir: tempfile::tempdir().unwrap(),
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl World {

@@ -587,7 +587,7 @@ impl File {
             name: "defaults".into(),
             ..Default::default()
         }
-        .validate_fields("defaults", defaults, &mut problems);
+        .validate_fields("defaults", defaults, 0, &mut problems);
 
         if !problems.0.is_empty() {
             // An application that inherits a bad default reports it under `defaults.*`; say it once.
@@ -874,43 +874,23 @@ impl ApplicationFile {
                 None
             }
         };
-        let fields = self.validate_fields(path, defaults, problems);
+        let app = self.validate_fields(path, defaults, platform.unwrap_or_default(), problems);
         if problems.0.len() > before {
             return None;
         }
-        let (schedule, timezone, timeout, format_type, retry, retention, starting_deadline) =
-            fields?;
-        Some(Application {
-            name: self.name.clone(),
-            platform: platform?,
-            schedule,
-            timezone,
-            timeout,
-            format_type,
-            retry,
-            retention,
-            starting_deadline,
-            paused: self.paused,
-        })
+        platform.and(app)
     }
 
-    /// Validates the inheritable fields. Each comes from the application if set there (its path then
-    /// names the application) and from `defaults` otherwise (its path then names `defaults`).
-    #[allow(clippy::type_complexity)]
+    /// Validates the inheritable fields into the application on `platform`. Each comes from the
+    /// application if set there (its path then names the application) and from `defaults` otherwise (its
+    /// path then names `defaults`).
     fn validate_fields(
         &self,
         path: &str,
         defaults: &DefaultsFile,
+        platform: usize,
         problems: &mut Problems,
-    ) -> Option<(
-        Schedule,
-        Tz,
-        Duration,
-        FormatType,
-        Retry,
-        Retention,
-        Duration,
-    )> {
+    ) -> Option<Application> {
         let before = problems.0.len();
         let pick = |own: &Option<String>, inherited: &Option<String>, field: &str| match (
             own, inherited,
@@ -967,15 +947,18 @@ impl ApplicationFile {
         if problems.0.len() > before {
             return None;
         }
-        Some((
-            schedule.ok()?,
-            timezone.ok()?,
+        Some(Application {
+            name: self.name.clone(),
+            platform,
+            schedule: schedule.ok()?,
+            timezone: timezone.ok()?,
             timeout,
             format_type,
             retry,
             retention,
             starting_deadline,
-        ))
+            paused: self.paused,
+        })
     }
 }
 

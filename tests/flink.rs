@@ -52,6 +52,10 @@ async fn savepointd_against_a_real_flink_cluster() {
     println!("case f: {:.1?}", t.elapsed());
 
     let t = Instant::now();
+    four_savepoints_with_keep_last_two_leave_the_two_newest_directories(&w).await;
+    println!("retention: {:.1?}", t.elapsed());
+
+    let t = Instant::now();
     a_savepoint_that_times_out_is_a_counted_failure_and_the_daemon_goes_on(&w).await;
     println!("case d: {:.1?}", t.elapsed());
 
@@ -444,6 +448,30 @@ async fn the_daemon_takes_savepoints_of_two_jobs_on_a_seconds_schedule(w: &World
         sum / count * 1000.0
     );
     daemon.stop().await;
+}
+
+/// Retention on Flink: after each of four savepoints retention runs with keepLast 2, and what is left on
+/// disk is the two newest savepoint directories (older ones from earlier cases go too).
+async fn four_savepoints_with_keep_last_two_leave_the_two_newest_directories(w: &World) {
+    let config = savepointd::config::from_yaml(
+        &w.yaml("  - name: payments\n    retention: { keepLast: 2 }\n"),
+    )
+    .unwrap();
+    let mut made = Vec::new();
+    for _ in 0..4 {
+        let before = w.savepoints("payments");
+        // One slot per second: wait for the next second so each pass is a new slot.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let (text, ok) = once(&config, &["payments"]).await;
+        assert!(ok, "{text}");
+        let after = w.savepoints("payments");
+        let new: Vec<_> = after.difference(&before).cloned().collect();
+        assert_eq!(new.len(), 1, "one new directory per pass: {text}");
+        made.push(new[0].clone());
+    }
+    let left = w.savepoints("payments");
+    let newest: BTreeSet<PathBuf> = made[2..].iter().cloned().collect();
+    assert_eq!(left, newest, "only the two newest remain");
 }
 
 /// d. A savepoint that Flink lets expire (the job sleeps 5 s in snapshotState; its checkpoint timeout is

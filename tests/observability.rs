@@ -11,9 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::eventually;
 use support::fixture::{APPS, Daemon, fixture};
 use support::vvp_sim::VvpSimOptions;
+use support::{eventually, free_port};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -28,14 +28,6 @@ impl Drop for Prometheus {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn prometheus(dir: &std::path::Path, target: &str) -> Prometheus {

@@ -40,6 +40,15 @@ where
     }
 }
 
+/// A loopback port nothing listens on right now (for a server that must be told its port up front).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .expect("local address")
+        .port()
+}
+
 /// 64 random bits; the per-process random keys of `RandomState` spare a dependency on a RNG crate,
 /// and the counter keeps two calls from ever colliding within a process.
 pub(crate) fn random_u64() -> u64 {
