@@ -371,7 +371,16 @@ pub async fn recover(app: &App) {
         let Ok(target) = app.resolver.resolve(&app.config.name).await else {
             return;
         };
-        let history = match app.platform.list(&target).await {
+        // Under a platform permit, like a run: a thousand applications starting at once would otherwise
+        // all hold a request in flight (and its buffers) while they queue for a connection.
+        let permit = app
+            .permits
+            .acquire()
+            .await
+            .expect("semaphore is never closed");
+        let listed = app.platform.list(&target).await;
+        drop(permit);
+        let history = match listed {
             Ok(h) => h,
             Err(e) => {
                 warn!(error = %e, "cannot list savepoints to recover");
