@@ -2,7 +2,6 @@
 //! platform, one permit pool per platform (`maxConcurrent`), and per application the handles the runner
 //! needs. Every command (`run`, `once`, `status`, `resolve`) starts from here.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -110,21 +109,8 @@ impl Runtime {
         true
     }
 
-    pub fn is_synced(&self) -> bool {
-        self.pod_indexes.iter().all(PodIndex::is_synced)
-    }
-
     pub fn app(&self, name: &str) -> Option<&Arc<App>> {
         self.apps.iter().find(|a| a.config.name == name)
-    }
-
-    /// The apps by platform name, for callers that report per platform.
-    pub fn by_platform(&self) -> HashMap<&str, Vec<&Arc<App>>> {
-        let mut map: HashMap<&str, Vec<&Arc<App>>> = HashMap::new();
-        for app in &self.apps {
-            map.entry(app.platform_name.as_str()).or_default().push(app);
-        }
-        map
     }
 }
 

@@ -54,14 +54,6 @@ impl Resolver {
             Resolver::Pods(index) => index.resolve(application),
         }
     }
-
-    /// Whether resolution can answer yet (a pod cache must have listed the pods once).
-    pub fn is_ready(&self) -> bool {
-        match self {
-            Resolver::Api(_) => true,
-            Resolver::Pods(index) => index.is_synced(),
-        }
-    }
 }
 
 /// VVP's sanitisation of deployment names into label values: "Fraud Detection" is `fraud-detection`.
