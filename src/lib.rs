@@ -1,6 +1,6 @@
 //! savepointd keeps Apache Flink applications safe: it resolves a version-controlled list of application
-//! names to the platform's ids, triggers savepoints on cron schedules, waits for them, and exports
-//! Prometheus metrics. `run` is the daemon; tests start it in-process and stop it when they choose.
+//! names to the platform's ids, triggers savepoints on cron schedules, waits for them, prunes old ones, and
+//! exports Prometheus metrics. `run` is the daemon; tests start it in-process and stop it when they choose.
 //!
 //! # Layout
 //!
@@ -21,7 +21,7 @@
 //!   restart.
 //! - [`scheduler`]: one loop per application that fires its slots; shutdown with a grace period.
 //! - [`metrics`]: the Prometheus metric set; [`server`]: `/healthz`, `/readyz`, `/metrics`.
-//! - [`commands`]: what the CLI subcommands print (`check-config`, `status`, `resolve`, `once`).
+//! - [`commands`]: what the CLI subcommands print (`check-config`, `status`, `resolve`, `once`, `prune`).
 //! - [`shutdown`]: SIGTERM / SIGINT.
 
 pub mod commands;
