@@ -291,3 +291,48 @@ fn write_kubeconfig(path: &Path, server: &str) {
     )
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_token_file_is_used_without_a_restart() {
+    let f = fixture(VvpSimOptions::default()).await;
+    let (name, _) = APPS[1];
+    let daemon = Daemon::start(&f.config(
+        "",
+        &format!("  - name: {name}\n    schedule: \"* * * * * *\"\n"),
+    ))
+    .await;
+    let success =
+        format!("savepointd_savepoint_success_total{{application=\"{name}\",platform=\"vvp\"}}");
+    let count = || async { daemon.metric(&success).await.unwrap_or(0.0) };
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            (count().await >= 1.0).then_some(())
+        })
+        .await
+        .is_some()
+    );
+    // The Secret is rotated: the platform accepts only the new token, and the mounted file changes.
+    f.vvp.set_token("rotated-token");
+    std::fs::write(f.dir.path().join("token"), "rotated-token\n").unwrap();
+    let file = std::fs::File::options()
+        .write(true)
+        .open(f.dir.path().join("token"))
+        .unwrap();
+    // Whole-second mtimes on some filesystems: make the change visible whatever the resolution.
+    file.set_modified(std::time::SystemTime::now() + Duration::from_secs(2))
+        .unwrap();
+    let before = count().await;
+    let recovered = eventually(Duration::from_secs(15), || async {
+        (count().await >= before + 2.0).then_some(())
+    })
+    .await;
+    daemon.stop().await;
+    assert!(recovered.is_some(), "savepoints go on with the new token");
+    let rotated = f
+        .vvp
+        .requests()
+        .iter()
+        .filter(|r| r.authorization.as_deref() == Some("Bearer rotated-token") && r.status < 400)
+        .count();
+    assert!(rotated > 0);
+}

@@ -58,9 +58,18 @@ impl ApiClient {
         if let Some(ca) = &platform.ca_file {
             let pem = std::fs::read(ca)
                 .map_err(|e| setup(format!("cannot read tls.caFile {}: {e}", ca.display())))?;
-            let cert = reqwest::Certificate::from_pem(&pem)
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
                 .map_err(|e| setup(format!("tls.caFile {} is not PEM: {e}", ca.display())))?;
-            builder = builder.add_root_certificate(cert);
+            // A file without a certificate would otherwise leave verification silently unchanged.
+            if certs.is_empty() {
+                return Err(setup(format!(
+                    "tls.caFile {} holds no PEM certificate",
+                    ca.display()
+                )));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
         }
         if platform.insecure {
             builder = builder.danger_accept_invalid_certs(true);
@@ -302,6 +311,25 @@ mod tests {
             "a; b"
         );
         assert_eq!(error_message(StatusCode::BAD_GATEWAY, b""), "Bad Gateway");
+    }
+
+    #[test]
+    fn a_ca_file_that_is_not_pem_is_a_setup_error_naming_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "not a certificate").unwrap();
+        let mut platform = crate::config::from_yaml(
+            "platforms:\n  - name: vvp\n    kind: vvp\n    url: https://127.0.0.1:9\n",
+        )
+        .unwrap()
+        .platforms
+        .remove(0);
+        platform.ca_file = Some(ca);
+        let err = ApiClient::new(&platform, Metrics::new()).err().unwrap();
+        assert!(err.to_string().contains("tls.caFile"), "{err}");
+        platform.ca_file = Some(dir.path().join("missing.pem"));
+        let err = ApiClient::new(&platform, Metrics::new()).err().unwrap();
+        assert!(err.to_string().contains("cannot read tls.caFile"), "{err}");
     }
 
     #[test]

@@ -224,6 +224,11 @@ impl VvpSim {
         lock(&self.state).drop_next += n;
     }
 
+    /// Rotates the API token: from now on only `token` is accepted.
+    pub fn set_token(&self, token: &str) {
+        lock(&self.state).token = Some(token.to_string());
+    }
+
     pub fn set_latency(&self, d: Duration) {
         lock(&self.state).latency = d;
     }
