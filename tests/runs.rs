@@ -336,3 +336,31 @@ async fn json_logs_name_application_platform_and_savepoint_on_every_savepoint_li
         "the token never appears in logs"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_verified_against_the_configured_ca_file() {
+    let f = fixture(VvpSimOptions::default()).await;
+    let front = support::tls::TlsFront::start(&f.vvp.url).await;
+    let ca = f.dir.path().join("vvp-ca.pem");
+    std::fs::write(&ca, &front.ca_pem).unwrap();
+    let with = |tls: &str| {
+        let yaml = f.config("", &app("payments", "")).replace(
+            &format!("url: {}", f.vvp.url),
+            &format!("url: {}\n    tls: {tls}", front.url),
+        );
+        savepointd::config::from_yaml(&yaml).unwrap()
+    };
+
+    let (text, ok) = once(
+        &with(&format!("{{ caFile: {} }}", ca.display())),
+        &["payments"],
+    )
+    .await;
+    assert!(ok, "trusted through tls.caFile: {text}");
+    assert_eq!(f.vvp.triggers().len(), 1);
+
+    let (text, ok) = once(&with("{}"), &["payments"]).await;
+    assert!(!ok, "an unknown issuer is refused: {text}");
+    assert!(text.to_lowercase().contains("certificate"), "{text}");
+    assert_eq!(f.vvp.triggers().len(), 1, "nothing reached the platform");
+}

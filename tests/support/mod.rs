@@ -10,6 +10,7 @@
 pub mod fixture;
 pub mod flink;
 pub mod kube_fake;
+pub mod tls;
 pub mod vvp_sim;
 
 use std::collections::hash_map::RandomState;
