@@ -84,13 +84,7 @@ impl Flink {
         }
         let job: WireJob = self
             .api
-            .json(
-                "get_job",
-                Method::GET,
-                &format!("jobs/{}", target.id),
-                None,
-                Retry::Idempotent,
-            )
+            .get("get_job", &format!("jobs/{}", target.id))
             .await?;
         Ok(job.name)
     }
@@ -137,11 +131,7 @@ impl Flink {
         let begun = Instant::now();
         let mut interval = Duration::from_millis(100);
         loop {
-            let status: WireOperation = match self
-                .api
-                .json("get_disposal", Method::GET, &path, None, Retry::Idempotent)
-                .await
-            {
+            let status: WireOperation = match self.api.get("get_disposal", &path).await {
                 Ok(status) => status,
                 Err(e) => return refused(e),
             };
@@ -217,13 +207,7 @@ impl Platform for Flink {
         let platform_error = |e| resolve::Error::Platform(Box::new(e));
         let overview: WireOverview = self
             .api
-            .json(
-                "list_jobs",
-                Method::GET,
-                "jobs/overview",
-                None,
-                Retry::Idempotent,
-            )
+            .get("list_jobs", "jobs/overview")
             .await
             .map_err(platform_error)?;
         let wanted = resolve::sanitize(application);
@@ -246,13 +230,7 @@ impl Platform for Flink {
         })?;
         let job: WireJob = self
             .api
-            .json(
-                "get_job",
-                Method::GET,
-                &format!("jobs/{}", target.id),
-                None,
-                Retry::Idempotent,
-            )
+            .get("get_job", &format!("jobs/{}", target.id))
             .await
             .map_err(platform_error)?;
         if let Some(reason) = job.not_ready() {
@@ -308,12 +286,9 @@ impl Platform for Flink {
         if !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) {
             let wire: WireCheckpoint = self
                 .api
-                .json(
+                .get(
                     "get_checkpoint",
-                    Method::GET,
                     &format!("jobs/{}/checkpoints/details/{id}", target.id),
-                    None,
-                    Retry::Idempotent,
                 )
                 .await?;
             let mut savepoint = wire.into_savepoint();
@@ -322,10 +297,7 @@ impl Platform for Flink {
             return Ok(savepoint);
         }
         let path = format!("jobs/{}/savepoints/{id}", target.id);
-        let wire: WireOperation = self
-            .api
-            .json("get", Method::GET, &path, None, Retry::Idempotent)
-            .await?;
+        let wire: WireOperation = self.api.get("get", &path).await?;
         let (state, location, failure) = wire.into_outcome().map_err(|message| Error::Decode {
             platform: self.platform(),
             operation: "get",
@@ -351,12 +323,9 @@ impl Platform for Flink {
         // so the directory listing that follows sees it.
         let history = match self
             .api
-            .json::<WireCheckpoints>(
+            .get::<WireCheckpoints>(
                 "list_checkpoints",
-                Method::GET,
                 &format!("jobs/{}/checkpoints", target.id),
-                None,
-                Retry::Idempotent,
             )
             .await
         {

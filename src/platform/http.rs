@@ -94,6 +94,12 @@ impl ApiClient {
         &self.platform
     }
 
+    /// A GET (retried as a read) whose JSON answer is decoded.
+    pub async fn get<T: DeserializeOwned>(&self, operation: &'static str, path: &str) -> Result<T> {
+        self.json(operation, Method::GET, path, None, Retry::Idempotent)
+            .await
+    }
+
     /// Sends one request and decodes the JSON answer.
     pub async fn json<T: DeserializeOwned>(
         &self,

@@ -41,16 +41,7 @@ impl Vvp {
         let Some(location) = savepoint.location.as_deref() else {
             return Ok(());
         };
-        let all: List<WireSavepoint> = self
-            .api
-            .json(
-                "list",
-                Method::GET,
-                &self.path("savepoints"),
-                None,
-                Retry::Idempotent,
-            )
-            .await?;
+        let all: List<WireSavepoint> = self.api.get("list", &self.path("savepoints")).await?;
         let elsewhere = all.into_items().into_iter().find(|w| {
             w.spec.savepoint_location.as_deref() == Some(location)
                 && w.metadata.deployment_id.as_deref() != Some(target.id.as_str())
@@ -89,13 +80,7 @@ impl Platform for Vvp {
     async fn resolve(&self, application: &str) -> Result<Target, resolve::Error> {
         let list: List<WireDeployment> = self
             .api
-            .json(
-                "list_deployments",
-                Method::GET,
-                &self.path("deployments"),
-                None,
-                Retry::Idempotent,
-            )
+            .get("list_deployments", &self.path("deployments"))
             .await
             .map_err(|e| resolve::Error::Platform(Box::new(e)))?;
         let wanted = resolve::sanitize(application);
@@ -146,13 +131,7 @@ impl Platform for Vvp {
     async fn get(&self, _target: &Target, id: &str) -> Result<Savepoint> {
         let wire: WireSavepoint = self
             .api
-            .json(
-                "get",
-                Method::GET,
-                &self.path(&format!("savepoints/{id}")),
-                None,
-                Retry::Idempotent,
-            )
+            .get("get", &self.path(&format!("savepoints/{id}")))
             .await?;
         self.decode("get", wire)
     }
@@ -160,12 +139,9 @@ impl Platform for Vvp {
     async fn list(&self, target: &Target) -> Result<Vec<Savepoint>> {
         let list: List<WireSavepoint> = self
             .api
-            .json(
+            .get(
                 "list",
-                Method::GET,
                 &self.path(&format!("savepoints?deploymentId={}", target.id)),
-                None,
-                Retry::Idempotent,
             )
             .await?;
         list.into_items()
