@@ -102,7 +102,7 @@ pub fn check_config(config: &Config, now: DateTime<Utc>) -> String {
             .schedule
             .upcoming(now, a.timezone, 3)
             .into_iter()
-            .map(|t| rfc3339(t.with_timezone(&a.timezone).with_timezone(&Utc)))
+            .map(rfc3339)
             .collect();
         let schedule = if a.paused {
             format!("{} (paused)", a.schedule)
