@@ -68,7 +68,7 @@ pub fn check_config(config: &Config, now: DateTime<Utc>) -> String {
         "maxConcurrent",
     ]);
     for p in &config.platforms {
-        let resolve = match &p.resolve {
+        let resolve = match p.kind.resolve() {
             Resolve::Api => "api".to_owned(),
             Resolve::Pods(r) => format!(
                 "pods in {} ({}; {} -> {})",
@@ -338,18 +338,22 @@ async fn app_status(app: Arc<App>, now: DateTime<Utc>) -> AppStatus {
 // once
 // ---------------------------------------------------------------------------------------------------------
 
-/// One pass now over the selected applications (all when none is named). The slot is the current
-/// second, so a second `once` in the same second does not trigger twice. `ok` is false when any run
-/// failed or a name did not resolve.
+/// One pass now over the selected applications (all when none is named). Each application's slot is its
+/// schedule's latest slot within `startingDeadline` (none: nothing is due), so a retried or duplicated
+/// CronJob Job, or `once` beside the daemon, meets the slot's savepoint instead of making a second one.
+/// `ok` is false when any run failed, a name did not resolve, or a run was skipped because another
+/// savepoint is in flight. After `shutdown`, nothing new starts; waits still going after the grace
+/// period are abandoned (their savepoints go on and are adopted by the next run).
 pub async fn once(
     config: &Config,
     names: &[String],
     dry_run: bool,
     prune: bool,
+    shutdown: &CancellationToken,
 ) -> Result<(String, bool)> {
     let session = Session::open(config).await?;
     let apps = session.select(names)?;
-    let slot = DateTime::from_timestamp(Utc::now().timestamp(), 0).expect("now is representable");
+    let now = Utc::now();
     let mut t = table(&["application", "outcome", "savepoint", "detail"]);
     let mut ok = true;
     if dry_run {
@@ -377,12 +381,26 @@ pub async fn once(
         }
         return Ok((format!("dry run: nothing was triggered\n{t}\n"), ok));
     }
-    let token = session.token.clone();
-    let outcomes = futures::future::join_all(apps.iter().map(|app| {
-        let token = token.clone();
-        async move { runner::run_slot(app, slot, prune, &token).await }
-    }))
-    .await;
+    let runs = futures::future::join_all(apps.iter().map(|app| async move {
+        match runner::due_slot(&app.config, now) {
+            Ok(slot) => runner::run_slot(app, slot, prune, shutdown).await,
+            Err(skip) => {
+                app.metrics.skipped(skip.category());
+                Outcome::Skipped(skip)
+            }
+        }
+    }));
+    let grace = config.server.shutdown_grace;
+    let outcomes = tokio::select! {
+        outcomes = runs => outcomes,
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            return Ok((
+                format!("interrupted: shut down, and savepoints still in flight after {} were \
+                         abandoned; they go on and the next run adopts them\n", humantime::format_duration(grace)),
+                false,
+            ));
+        }
+    };
     for (app, outcome) in apps.iter().zip(outcomes) {
         ok &= outcome.is_ok();
         let (what, id, detail) = match outcome {
@@ -420,6 +438,7 @@ pub async fn prune(
     names: &[String],
     dry_run: bool,
     output: Output,
+    shutdown: &CancellationToken,
 ) -> Result<(String, bool)> {
     let session = Session::open(config).await?;
     let apps = session.select(names)?;
@@ -429,8 +448,13 @@ pub async fn prune(
     let mut reports = Vec::new();
     for app in apps {
         let name = &app.config.name;
+        if shutdown.is_cancelled() {
+            ok = false;
+            text.push_str(&format!("{name}: not pruned: shutting down\n\n"));
+            continue;
+        }
         let result = match app.resolver.resolve(name).await {
-            Ok(target) => crate::prune::prune(&app, &target, dry_run)
+            Ok(target) => crate::prune::prune(&app, &target, dry_run, shutdown)
                 .await
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
@@ -443,7 +467,7 @@ pub async fn prune(
                 continue;
             }
         };
-        ok &= report.is_ok();
+        ok &= report.is_ok() && report.interrupted == 0;
         if output == Output::Table {
             text.push_str(&prune_table(&report, &app.platform_name, now));
         }

@@ -208,19 +208,49 @@ pub struct Kubernetes {
     pub kubeconfig: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+/// What kind of platform, with the fields only that kind has. The file keeps them flat beside the
+/// common ones (`kind: flink` with `targetDirectory`); validation sorts them into their kind, so a field
+/// of another kind is an error that names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PlatformKind {
-    Vvp,
-    Flink,
+    Vvp(VvpSettings),
+    Flink(FlinkSettings),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VvpSettings {
+    /// The VVP namespace (`default` unless set).
+    pub namespace: String,
+    pub resolve: Resolve,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlinkSettings {
+    /// Savepoints go to `<targetDirectory>/<application dir>/slot-<slot>/`.
+    pub target_directory: String,
+}
+
+impl PlatformKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            PlatformKind::Vvp(_) => "vvp",
+            PlatformKind::Flink(_) => "flink",
+        }
+    }
+
+    /// How application names are resolved: through the platform's API unless the kind reads
+    /// Kubernetes pod labels.
+    pub fn resolve(&self) -> &Resolve {
+        match self {
+            PlatformKind::Vvp(vvp) => &vvp.resolve,
+            PlatformKind::Flink(_) => &Resolve::Api,
+        }
+    }
 }
 
 impl fmt::Display for PlatformKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            PlatformKind::Vvp => "vvp",
-            PlatformKind::Flink => "flink",
-        })
+        f.write_str(self.name())
     }
 }
 
@@ -229,15 +259,11 @@ pub struct Platform {
     pub name: String,
     pub kind: PlatformKind,
     pub url: reqwest::Url,
-    /// The VVP namespace (`default` unless set).
-    pub namespace: String,
     pub auth: Option<Auth>,
     pub ca_file: Option<PathBuf>,
     pub insecure: bool,
     pub max_concurrent: usize,
     pub request_timeout: Duration,
-    pub resolve: Resolve,
-    pub target_directory: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -581,6 +607,11 @@ impl File {
                 applications.push(a);
             }
         }
+        // Application platform indexes point into the file's platforms; they match the validated ones
+        // only when every platform is valid.
+        if platforms.len() == self.platforms.len() {
+            shared_savepoint_directories(&self.applications, &applications, &platforms, &mut problems);
+        }
         // The defaults are checked even when no application uses one of them, so that a typo in a
         // rarely-inherited default is caught now, not when it is first inherited.
         ApplicationFile {
@@ -614,8 +645,45 @@ impl File {
     }
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+pub(crate) use crate::model::hex;
+
+/// Two applications whose savepoints would go to one directory (on Flink platforms with the same
+/// `targetDirectory`, names that sanitise alike: "Fraud Detection" and "fraud-detection"): retention of
+/// one would delete the other's savepoints. Reported on the later one, naming both.
+fn shared_savepoint_directories(
+    files: &[ApplicationFile],
+    applications: &[Application],
+    platforms: &[Platform],
+    problems: &mut Problems,
+) {
+    let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+    for app in applications {
+        let Some(PlatformKind::Flink(flink)) = platforms.get(app.platform).map(|p| &p.kind) else {
+            continue;
+        };
+        let Ok(root) = crate::platform::flink::storage_root(&flink.target_directory) else {
+            continue;
+        };
+        let dir = format!("{root}{}/", crate::model::application_dir_name(&app.name));
+        match seen.get(dir.as_str()) {
+            Some(first) => {
+                let index = files.iter().position(|f| f.name == app.name).unwrap_or(0);
+                let first_index = files.iter().position(|f| f.name == *first).unwrap_or(0);
+                problems.push(
+                    format!("applications[{index}].name"),
+                    Some(&app.name),
+                    format!(
+                        "its savepoints would go to {dir}, the directory of application {first} \
+                         (applications[{first_index}]); applications must not share a savepoint \
+                         directory, or retention of one deletes the other's savepoints"
+                    ),
+                );
+            }
+            None => {
+                seen.insert(dir, &app.name);
+            }
+        }
+    }
 }
 
 impl PlatformFile {
@@ -629,8 +697,8 @@ impl PlatformFile {
             );
         }
         let kind = match self.kind.as_str() {
-            "vvp" => Some(PlatformKind::Vvp),
-            "flink" => Some(PlatformKind::Flink),
+            "vvp" => self.validate_vvp(path, problems),
+            "flink" => self.validate_flink(path, problems),
             "cmf" => {
                 problems.push(
                     format!("{path}.kind"),
@@ -699,26 +767,6 @@ impl PlatformFile {
             self.request_timeout.as_deref(),
             DEFAULT_REQUEST_TIMEOUT,
         );
-        let resolve = self.validate_resolve(path, kind, problems);
-        let target_directory = match (kind, &self.target_directory) {
-            (Some(PlatformKind::Flink), None) => {
-                problems.push(
-                    format!("{path}.targetDirectory"),
-                    None,
-                    "required for kind flink (savepoints go to <targetDirectory>/<application>/)",
-                );
-                None
-            }
-            (Some(PlatformKind::Vvp), Some(dir)) => {
-                problems.push(
-                    format!("{path}.targetDirectory"),
-                    Some(dir),
-                    "only for kind flink; VVP chooses the savepoint location itself",
-                );
-                None
-            }
-            (_, dir) => dir.clone(),
-        };
         if problems.0.len() > before {
             return None;
         }
@@ -726,28 +774,66 @@ impl PlatformFile {
             name: self.name.clone(),
             kind: kind?,
             url: url?,
-            namespace: self.namespace.clone().unwrap_or_else(|| "default".into()),
             auth,
             ca_file: self.tls.as_ref().and_then(|t| t.ca_file.clone()),
             insecure: self.tls.as_ref().is_some_and(|t| t.insecure),
             max_concurrent,
             request_timeout,
-            resolve: resolve?,
-            target_directory,
         })
+    }
+
+    /// `kind: vvp`: a namespace and how names resolve; no `targetDirectory` (VVP chooses locations).
+    fn validate_vvp(&self, path: &str, problems: &mut Problems) -> Option<PlatformKind> {
+        if let Some(dir) = &self.target_directory {
+            problems.push(
+                format!("{path}.targetDirectory"),
+                Some(dir),
+                "only for kind flink; VVP chooses the savepoint location itself",
+            );
+        }
+        let resolve = self.validate_resolve(path, true, problems)?;
+        Some(PlatformKind::Vvp(VvpSettings {
+            namespace: self.namespace.clone().unwrap_or_else(|| "default".into()),
+            resolve,
+        }))
+    }
+
+    /// `kind: flink`: a `targetDirectory` on a storage savepointd can list; names resolve through the
+    /// JobManager's API.
+    fn validate_flink(&self, path: &str, problems: &mut Problems) -> Option<PlatformKind> {
+        if let Some(namespace) = &self.namespace {
+            problems.push(
+                format!("{path}.namespace"),
+                Some(namespace),
+                "only for kind vvp",
+            );
+        }
+        self.validate_resolve(path, false, problems);
+        let Some(dir) = &self.target_directory else {
+            problems.push(
+                format!("{path}.targetDirectory"),
+                None,
+                "required for kind flink (savepoints go to <targetDirectory>/<application>/)",
+            );
+            return None;
+        };
+        if let Err(reason) = crate::platform::flink::storage_root(dir) {
+            problems.push(format!("{path}.targetDirectory"), Some(dir), reason);
+            return None;
+        }
+        Some(PlatformKind::Flink(FlinkSettings {
+            target_directory: dir.clone(),
+        }))
     }
 
     fn validate_resolve(
         &self,
         path: &str,
-        kind: Option<PlatformKind>,
+        pods_allowed: bool,
         problems: &mut Problems,
     ) -> Option<Resolve> {
         let r = self.resolve.clone().unwrap_or_default();
-        let default_via = match kind {
-            Some(PlatformKind::Vvp) => "pods",
-            _ => "api",
-        };
+        let default_via = if pods_allowed { "pods" } else { "api" };
         match r.via.as_deref().unwrap_or(default_via) {
             "api" => {
                 let pod_fields = [
@@ -767,7 +853,7 @@ impl PlatformFile {
                 }
                 Some(Resolve::Api)
             }
-            "pods" if kind == Some(PlatformKind::Flink) => {
+            "pods" if !pods_allowed => {
                 problems.push(
                     format!("{path}.resolve.via"),
                     Some("pods"),

@@ -27,6 +27,7 @@
 pub mod commands;
 pub mod config;
 pub mod metrics;
+pub mod model;
 pub mod platform;
 pub mod prune;
 pub mod resolve;

@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use savepointd::commands::{self, Output};
 use savepointd::config::{self, Config};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
@@ -107,6 +108,15 @@ fn main() -> ExitCode {
 }
 
 async fn execute(command: Command, config: Config) -> anyhow::Result<bool> {
+    // `once` and `prune` stop between deletions and start nothing new after SIGTERM or SIGINT.
+    let shutdown = CancellationToken::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            savepointd::shutdown::signal().await;
+            shutdown.cancel();
+        }
+    });
     let (text, ok) = match command {
         Command::Run => {
             savepointd::run(config, savepointd::shutdown::signal())
@@ -118,12 +128,12 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<bool> {
             apps,
             no_prune,
             dry_run,
-        } => commands::once(&config, &apps, dry_run, !no_prune).await?,
+        } => commands::once(&config, &apps, dry_run, !no_prune, &shutdown).await?,
         Command::Prune {
             apps,
             dry_run,
             output,
-        } => commands::prune(&config, &apps, dry_run, output).await?,
+        } => commands::prune(&config, &apps, dry_run, output, &shutdown).await?,
         Command::Status { output } => commands::status(&config, output).await?,
         Command::Resolve { name } => commands::resolve(&config, &name).await?,
         Command::CheckConfig => unreachable!("handled before the runtime starts"),

@@ -5,6 +5,7 @@
 
 use chrono::Utc;
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::platform::{self, State, Target};
@@ -28,6 +29,8 @@ pub struct Report {
     pub plan: Plan,
     pub deleted: Vec<String>,
     pub failed: Vec<DeleteFailure>,
+    /// Deletions not started because shutdown began; the next run plans them again.
+    pub interrupted: usize,
 }
 
 impl Report {
@@ -36,8 +39,17 @@ impl Report {
     }
 }
 
-/// Prunes one application of a resolved target. `Err` only when the savepoints could not be listed.
-pub async fn prune(app: &App, target: &Target, dry_run: bool) -> Result<Report, platform::Error> {
+/// Prunes one application of a resolved target. `Err` only when the savepoints could not be listed (a
+/// failed list means no deletion at all: a partial one could make a kept savepoint look deletable).
+///
+/// Deletions run one after another, and `shutdown` is looked at between them, never inside one: a
+/// deletion that started is followed to its end (DESIGN.md §5 rule 10).
+pub async fn prune(
+    app: &App,
+    target: &Target,
+    dry_run: bool,
+    shutdown: &CancellationToken,
+) -> Result<Report, platform::Error> {
     let c = &app.config;
     let history = app.platform.list(target).await?;
     let plan = retention::plan(&history, &c.retention, &c.name, c.timezone, Utc::now());
@@ -46,6 +58,7 @@ pub async fn prune(app: &App, target: &Target, dry_run: bool) -> Result<Report, 
         dry_run,
         deleted: Vec::new(),
         failed: Vec::new(),
+        interrupted: 0,
         plan,
     };
     if report.plan.capped > 0 {
@@ -61,7 +74,18 @@ pub async fn prune(app: &App, target: &Target, dry_run: bool) -> Result<Report, 
     }
     let deletions: Vec<_> = report.plan.deletions().cloned().collect();
     let mut completed_left = 0;
-    for d in deletions {
+    for (done, d) in deletions.iter().enumerate() {
+        if shutdown.is_cancelled() {
+            let left = &deletions[done..];
+            report.interrupted = left.len();
+            completed_left += left
+                .iter()
+                .filter(|d| d.savepoint.state == State::Completed)
+                .count();
+            warn!(application = %c.name, left = report.interrupted,
+                "shutting down: the remaining deletions wait for the next run");
+            break;
+        }
         let s = &d.savepoint;
         match app.platform.delete(target, s).await {
             Ok(()) => {

@@ -6,12 +6,13 @@
 //! The rules, in the order they are applied (DESIGN.md §2 and §5):
 //!
 //! 1. Retention off (no keep rule set): everything stays.
-//! 2. Only terminal savepoints (COMPLETED, FAILED, FAILED_DELETION) are candidates; in-flight ones and ones
-//!    whose deletion is already under way stay.
+//! 2. Only terminal savepoints (COMPLETED, FAILED, ABANDONED, FAILED_DELETION) are candidates; in-flight
+//!    ones and ones whose deletion is already under way stay.
 //! 3. The newest COMPLETED savepoint of the whole history stays, whatever its origin or scope: it is what a
 //!    running deployment recovers from (VVP refuses to delete the latest snapshot of an active deployment).
-//! 4. What VVP refuses to delete is never asked for: INCREMENTAL savepoints, RETAINED_CHECKPOINT origins, and
-//!    type UNKNOWN unless the origin is USER_REQUEST or SUSPEND.
+//! 4. What the platform protects is never asked for: it says why in [`Savepoint::protected`] (VVP's
+//!    deletion prerequisites, the savepoint a running Flink job was restored from, a pinned one). The
+//!    planner knows no platform's rules.
 //! 5. Only savepoints in the policy's scope are candidates.
 //! 6. With no COMPLETED savepoint anywhere in the history, nothing is deleted (not even FAILED ones: a
 //!    history of failures is what an operator needs to see).
@@ -35,7 +36,7 @@ use chrono_tz::Tz;
 use serde::Serialize;
 
 use crate::config::{Retention, Scope};
-use crate::platform::{Origin, Savepoint, SavepointType, State};
+use crate::model::{Origin, Savepoint, State};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -125,17 +126,18 @@ pub fn plan(
         .enumerate()
         .map(|(i, sp)| {
             let keep = |why: &str| (Action::Keep, format!("kept: {why}"));
-            match sp.state {
-                State::Started | State::Unknown => return keep("in flight"),
-                State::PendingDeletion | State::Deleting => {
-                    return keep("deletion already under way");
-                }
-                State::Completed | State::Failed | State::FailedDeletion => {}
+            if sp.state.is_in_flight() {
+                return keep("in flight");
+            }
+            if !sp.state.is_deletable() {
+                return keep("deletion already under way");
             }
             if Some(i) == newest_completed {
                 return keep("newest completed");
             }
-            if let Some(why) = undeletable(sp) {
+            // The platform's own answer to "may this go?" (VVP's prerequisites, Flink's restored-from,
+            // a pinned savepoint).
+            if let Some(why) = &sp.protected {
                 return (Action::Keep, format!("kept: {why}"));
             }
             if !in_scope(sp) {
@@ -162,10 +164,13 @@ pub fn plan(
                     "delete: earlier deletion failed, retrying".into(),
                 ),
                 State::Failed => (Action::Delete, "delete: failed savepoint".into()),
+                State::Abandoned => (Action::Delete, "delete: abandoned savepoint".into()),
                 // Returned above; keeping is the answer that cannot go wrong.
-                State::Started | State::Unknown | State::PendingDeletion | State::Deleting => {
-                    keep("in flight")
-                }
+                State::TriggerPending
+                | State::InProgress
+                | State::Unknown
+                | State::PendingDeletion
+                | State::Deleting => keep("in flight"),
             }
         })
         .collect();
@@ -203,36 +208,6 @@ fn newest_first(a: &Savepoint, b: &Savepoint) -> Ordering {
     b.created_at
         .cmp(&a.created_at)
         .then_with(|| b.id.cmp(&a.id))
-}
-
-/// Why VVP would refuse to delete this savepoint, if it would (apis.md, deletion prerequisites).
-fn undeletable(sp: &Savepoint) -> Option<String> {
-    if sp.kind == SavepointType::Incremental {
-        return Some("incremental".into());
-    }
-    if sp.origin == Origin::RetainedCheckpoint {
-        return Some("retained checkpoint".into());
-    }
-    if sp.kind == SavepointType::Unknown
-        && !matches!(sp.origin, Origin::UserRequest | Origin::Suspend)
-    {
-        return Some(format!(
-            "type UNKNOWN with origin {} is not deletable",
-            origin_name(sp.origin)
-        ));
-    }
-    None
-}
-
-fn origin_name(origin: Origin) -> &'static str {
-    match origin {
-        Origin::UserRequest => "USER_REQUEST",
-        Origin::Suspend => "SUSPEND",
-        Origin::SuspendAndUpgrade => "SUSPEND_AND_UPGRADE",
-        Origin::Copied => "COPIED",
-        Origin::RetainedCheckpoint => "RETAINED_CHECKPOINT",
-        Origin::Unknown => "UNKNOWN",
-    }
 }
 
 fn scope_name(scope: Scope) -> &'static str {
@@ -475,6 +450,7 @@ fn short_duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::SavepointType;
 
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
@@ -596,6 +572,7 @@ mod tests {
             location: Some("s3://b/sp-1/".into()),
             failure: None,
             managed: None,
+            protected: None,
         };
         assert_eq!(location(&sp), Some("s3://b/sp-1"));
         sp.location = Some(String::new());

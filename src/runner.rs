@@ -1,17 +1,21 @@
 //! One run of one application for one slot: resolve, guard, trigger, wait, with retries.
 //!
-//! The platform's savepoint records are the only state. Each attempt starts by listing the target's
-//! savepoints: a savepoint already made for this slot is adopted (in flight) or accepted (completed), so a
-//! restarted daemon, a retried trigger whose answer was lost, or a second `once` never makes a second
-//! savepoint for one slot; failed savepoints of the slot count as spent attempts.
+//! The platform's savepoint records are the only state. Every step starts by listing the target's
+//! savepoints and asking [`next_step`] what they say: the slot's savepoint completed (nothing to do), in
+//! flight (adopt and follow it), or absent (trigger). A slot's identity is the platform's (DESIGN.md §1),
+//! so a restarted daemon, a second `once`, or a trigger whose answer was lost meets the first savepoint
+//! instead of making another. A trigger that failed in a way the platform may still have carried out (a
+//! lost or late answer, a 5xx) is never sent again before the records were read once more.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, warn};
 
-use crate::platform::{self, Savepoint, State, Target, TriggerRequest};
+use crate::model::{Savepoint, State, Target};
+use crate::platform::{self, TriggerRequest};
 use crate::resolve;
 use crate::runtime::App;
 
@@ -19,11 +23,14 @@ use crate::runtime::App;
 #[derive(Debug)]
 pub enum Skip {
     Paused,
-    /// Another savepoint of the application is still in flight.
-    InProgress {
-        id: String,
-    },
+    /// Another savepoint of the application is still in flight (and younger than the timeout).
+    InProgress { id: String },
     Unresolved(resolve::Error),
+    /// `once` found no slot of the schedule within `startingDeadline`: nothing is due.
+    NotDue {
+        latest: Option<DateTime<Utc>>,
+        next: Option<DateTime<Utc>>,
+    },
 }
 
 impl Skip {
@@ -35,16 +42,24 @@ impl Skip {
                 resolve::Error::Unresolved { .. } | resolve::Error::NotReady { .. },
             ) => "not_running",
             Skip::Unresolved(_) => "unresolved",
+            Skip::NotDue { .. } => "not_due",
         }
     }
 }
 
 impl std::fmt::Display for Skip {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let time = |t: &Option<DateTime<Utc>>| t.map_or_else(|| "none".into(), |t| t.to_rfc3339());
         match self {
             Skip::Paused => f.write_str("the application is paused"),
             Skip::InProgress { id } => write!(f, "savepoint {id} is still in flight"),
             Skip::Unresolved(e) => write!(f, "{e}"),
+            Skip::NotDue { latest, next } => write!(
+                f,
+                "no slot within startingDeadline (latest {}, next {})",
+                time(latest),
+                time(next)
+            ),
         }
     }
 }
@@ -77,15 +92,23 @@ impl Failure {
             Failure::Shutdown => "shutdown",
         }
     }
+
+    /// Whether another attempt may help: a savepoint that failed or vanished, or a request that never
+    /// reached the platform. Not a rejection (4xx), and not a timeout: that savepoint is still in flight.
+    fn is_retryable(&self) -> bool {
+        match self {
+            Failure::Failed { .. } | Failure::Vanished { .. } => true,
+            Failure::Platform(e) => e.status().is_none_or(|s| s >= 500),
+            Failure::Timeout { .. } | Failure::Shutdown => false,
+        }
+    }
 }
 
 #[derive(Debug)]
 pub enum Outcome {
-    /// The slot's savepoint completed: triggered now, or adopted in flight.
-    Completed {
-        savepoint: Savepoint,
-        adopted: bool,
-    },
+    /// The slot's savepoint completed: triggered by this run, or adopted in flight (a savepoint of an
+    /// earlier process, or this run's own whose trigger answer was lost).
+    Completed { savepoint: Savepoint, adopted: bool },
     /// The slot already had a completed savepoint; nothing was triggered.
     AlreadyDone(Savepoint),
     Skipped(Skip),
@@ -93,19 +116,115 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Whether the slot has what it should: its savepoint, or nothing was asked of it. A run skipped
+    /// because another savepoint is in flight left the slot without one, and says so.
     pub fn is_ok(&self) -> bool {
         matches!(
             self,
             Outcome::Completed { .. }
                 | Outcome::AlreadyDone(_)
-                | Outcome::Skipped(Skip::Paused | Skip::InProgress { .. })
+                | Outcome::Skipped(Skip::Paused | Skip::NotDue { .. })
         )
+    }
+}
+
+/// What the platform's records say to do next for one slot. Pure, so that the attempt arithmetic and
+/// adoption are tested without a platform.
+#[derive(Debug, PartialEq)]
+pub enum Step<'a> {
+    /// The slot has its completed savepoint.
+    Done(&'a Savepoint),
+    /// The slot's savepoint is in flight: follow it.
+    Follow(&'a Savepoint),
+    /// The slot's savepoint has been in flight for longer than the timeout.
+    Stuck(&'a Savepoint),
+    /// Another savepoint of the application is in flight, younger than the timeout.
+    Busy(&'a Savepoint),
+    /// Every attempt of the slot was spent.
+    Exhausted { spent: u32 },
+    /// Trigger the slot's attempt number `attempt` (1 for the first). `stale` are in-flight savepoints
+    /// older than the timeout: they no longer block, and are reported.
+    Trigger {
+        attempt: u32,
+        stale: Vec<&'a Savepoint>,
+    },
+}
+
+/// Decides the next step for `slot` of `application` from the target's savepoints.
+///
+/// `spent_floor` is the number of attempts known to be spent that the records may not show (failures
+/// this run saw, a trigger that never took effect); the records' own failed savepoints of the slot count
+/// too, so a restart does not grant a fresh set of attempts where the platform keeps them.
+pub fn next_step<'a>(
+    history: &'a [Savepoint],
+    application: &str,
+    slot: DateTime<Utc>,
+    spent_floor: u32,
+    max_attempts: u32,
+    timeout: Duration,
+    now: DateTime<Utc>,
+) -> Step<'a> {
+    let too_old = |s: &Savepoint| {
+        (now - s.created_at)
+            .to_std()
+            .is_ok_and(|age| age > timeout)
+    };
+    let mine: Vec<&Savepoint> = history
+        .iter()
+        .filter(|s| s.is_managed_slot(application, slot))
+        .collect();
+    if let Some(done) = mine.iter().find(|s| s.state == State::Completed) {
+        return Step::Done(done);
+    }
+    if let Some(flying) = mine.iter().find(|s| s.state.is_in_flight()) {
+        return if too_old(flying) {
+            Step::Stuck(flying)
+        } else {
+            Step::Follow(flying)
+        };
+    }
+    let recorded = mine.iter().filter(|s| s.state.is_failure()).count() as u32;
+    let spent = recorded.max(spent_floor);
+    if spent >= max_attempts {
+        return Step::Exhausted { spent };
+    }
+    let (stale, blocking): (Vec<&Savepoint>, Vec<&Savepoint>) = history
+        .iter()
+        .filter(|s| s.state.is_in_flight())
+        .partition(|s| too_old(s));
+    if let Some(other) = blocking.first() {
+        return Step::Busy(other);
+    }
+    Step::Trigger {
+        attempt: spent + 1,
+        stale,
+    }
+}
+
+/// The slot `once` runs: the schedule's latest slot at or before `now`, if it is within the
+/// application's `startingDeadline` (so a retried or duplicated CronJob Job, or `once` beside the
+/// daemon, meets the slot's savepoint instead of making a second one).
+pub fn due_slot(app: &crate::config::Application, now: DateTime<Utc>) -> Result<DateTime<Utc>, Skip> {
+    let latest = app.schedule.latest_at_or_before(now, app.timezone);
+    match latest {
+        Some(slot)
+            if (now - slot)
+                .to_std()
+                .is_ok_and(|late| late <= app.starting_deadline) =>
+        {
+            Ok(slot)
+        }
+        _ => Err(Skip::NotDue {
+            latest,
+            next: app.schedule.next_after(now, app.timezone),
+        }),
     }
 }
 
 /// Runs one slot of one application to its end. Never panics and never returns an error: every outcome
 /// is logged and counted here.
-/// With `prune`, retention runs after a savepoint completed (when the application has a policy).
+/// With `prune`, retention runs after a savepoint completed (when the application has a policy), unless
+/// shutdown has begun.
 pub async fn run_slot(
     app: &App,
     slot: DateTime<Utc>,
@@ -123,12 +242,7 @@ pub async fn run_slot(
         .await;
     let _enter = span.enter();
     match &outcome {
-        Outcome::Completed { savepoint, adopted } => info!(
-            savepoint_id = %savepoint.id,
-            location = savepoint.location.as_deref().unwrap_or(""),
-            adopted,
-            "savepoint completed"
-        ),
+        Outcome::Completed { .. } => {}
         Outcome::AlreadyDone(s) => {
             info!(savepoint_id = %s.id, "slot already has its savepoint; nothing triggered")
         }
@@ -140,6 +254,7 @@ pub async fn run_slot(
                     warn!(savepoint_id = %id, "skipped: another savepoint is still in flight")
                 }
                 Skip::Unresolved(e) => warn!(error = %e, reason = skip.category(), "skipped"),
+                Skip::NotDue { .. } => info!(reason = %skip, "skipped: nothing due"),
             }
         }
         Outcome::Failed(f) => warn!(error = %f, reason = f.category(), "savepoint run failed"),
@@ -159,10 +274,42 @@ async fn run(app: &App, slot: DateTime<Utc>, prune: bool, shutdown: &Cancellatio
             return Outcome::Skipped(Skip::Unresolved(e));
         }
     };
-    let retry = app.config.retry;
-    // Triggers this process made for the slot. Where the platform records the slot (VVP) its failed
-    // savepoints count too, so a restart does not grant a fresh set of attempts.
-    let mut triggered = 0;
+    match attempts(app, &target, slot, shutdown).await {
+        Ok(outcome) => {
+            if let Outcome::Completed { savepoint, adopted } = &outcome {
+                info!(
+                    savepoint_id = %savepoint.id,
+                    location = savepoint.location.as_deref().unwrap_or(""),
+                    adopted,
+                    "savepoint completed"
+                );
+                if prune && app.config.retention.is_enabled() && !shutdown.is_cancelled() {
+                    prune_after_success(app, &target, shutdown).await;
+                }
+            }
+            outcome
+        }
+        Err(outcome) => outcome,
+    }
+}
+
+/// The attempts at one slot until it has its savepoint, is skipped, or has failed for good. `Err` carries
+/// an outcome that is final without a savepoint.
+async fn attempts(
+    app: &App,
+    target: &Target,
+    slot: DateTime<Utc>,
+    shutdown: &CancellationToken,
+) -> Result<Outcome, Outcome> {
+    let config = &app.config;
+    let retry = config.retry;
+    // Failed savepoints of the slot the records showed before this run: with `spent`, the attempts
+    // that are gone even where the platform does not record a failure.
+    let mut recorded_before = None;
+    let mut spent = 0;
+    let mut triggered = false;
+    // A trigger that may have reached the platform, and the error it ended with.
+    let mut unsure: Option<Failure> = None;
     let mut last_failure = None;
     loop {
         // Held from the look at the platform's records to the savepoint's end, so that at most
@@ -173,68 +320,138 @@ async fn run(app: &App, slot: DateTime<Utc>, prune: bool, shutdown: &Cancellatio
             .acquire()
             .await
             .expect("semaphore is never closed");
-        let history = match app.platform.list(&target).await {
+        let history = match app.platform.list(target).await {
             Ok(h) => h,
             Err(e) => {
                 let f = Failure::from(e);
                 app.metrics.failure(f.category());
-                return Outcome::Failed(f);
+                return Err(Outcome::Failed(f));
             }
         };
-        let mine: Vec<&Savepoint> = history
-            .iter()
-            .filter(|s| s.is_managed_slot(name, slot))
-            .collect();
-        if let Some(done) = mine.iter().find(|s| s.state == State::Completed) {
-            app.metrics.last_success(done.created_at);
-            return Outcome::AlreadyDone((*done).clone());
-        }
-        let spent = (mine.iter().filter(|s| !s.state.is_in_flight()).count() as u32).max(triggered);
-        let result = if let Some(flying) = mine.iter().find(|s| s.state.is_in_flight()) {
-            info!(savepoint_id = %flying.id, "adopting the slot's savepoint in flight");
-            follow_held(app, &target, (*flying).clone(), None).await
-        } else {
-            if spent >= retry.max_attempts {
-                return Outcome::Failed(last_failure.unwrap_or(Failure::Failed {
-                    id: mine.last().map(|s| s.id.clone()).unwrap_or_default(),
-                    message: format!("{spent} attempts for this slot failed already"),
+        let recorded_failures = || {
+            history
+                .iter()
+                .filter(|s| s.is_managed_slot(&config.name, slot) && s.state.is_failure())
+                .count() as u32
+        };
+        let before = *recorded_before.get_or_insert_with(recorded_failures);
+        let step = next_step(
+            &history,
+            &config.name,
+            slot,
+            before + spent,
+            retry.max_attempts,
+            config.timeout,
+            Utc::now(),
+        );
+        let result = match step {
+            Step::Done(done) if unsure.take().is_some() => {
+                info!(savepoint_id = %done.id, "the lost trigger made the slot's savepoint; it completed");
+                Ok(adopted_completion(app, done.clone()))
+            }
+            Step::Done(done) => {
+                app.metrics.last_success(done.created_at);
+                return Ok(Outcome::AlreadyDone(done.clone()));
+            }
+            Step::Follow(flying) => {
+                if unsure.take().is_some() {
+                    info!(savepoint_id = %flying.id, "the lost trigger made the slot's savepoint; following it");
+                } else {
+                    info!(savepoint_id = %flying.id, "adopting the slot's savepoint in flight");
+                }
+                follow_held(app, target, flying.clone(), None).await
+            }
+            Step::Stuck(stuck) => Err(Failure::Timeout {
+                id: stuck.id.clone(),
+                timeout: config.timeout,
+            }),
+            Step::Busy(other) => {
+                return Err(Outcome::Skipped(Skip::InProgress {
+                    id: other.id.clone(),
                 }));
             }
-            if let Some(other) = history.iter().find(|s| s.state.is_in_flight()) {
-                return Outcome::Skipped(Skip::InProgress {
-                    id: other.id.clone(),
-                });
+            Step::Exhausted { .. } | Step::Trigger { .. } if unsure.is_some() => {
+                // The trigger whose answer was lost did not reach the platform after all. That was an
+                // attempt; retry after the backoff, with a fresh look at the records.
+                let failure = unsure.take().expect("checked");
+                drop(permit);
+                spent += 1;
+                match wait_to_retry(app, failure, spent, shutdown).await {
+                    Ok(failure) => {
+                        last_failure = Some(failure);
+                        continue;
+                    }
+                    Err(outcome) => return Err(outcome),
+                }
             }
-            if shutdown.is_cancelled() {
-                return Outcome::Failed(Failure::Shutdown);
+            Step::Exhausted { spent } => {
+                return Err(Outcome::Failed(last_failure.unwrap_or(Failure::Failed {
+                    id: String::new(),
+                    message: format!("{spent} attempts for this slot failed already"),
+                })));
             }
-            triggered = spent + 1;
-            trigger(app, &target, slot, triggered).await
+            Step::Trigger { attempt, stale } => {
+                for s in stale {
+                    let age = (Utc::now() - s.created_at).to_std().unwrap_or_default();
+                    warn!(savepoint_id = %s.id, state = %s.state, age = %humantime::format_duration(age),
+                        "a savepoint has been in flight for longer than the timeout; it no longer blocks this application");
+                    app.metrics.failure("stuck");
+                }
+                if shutdown.is_cancelled() {
+                    return Err(Outcome::Failed(Failure::Shutdown));
+                }
+                triggered = true;
+                trigger(app, target, slot, attempt).await
+            }
         };
         drop(permit);
         let failure = match result {
-            Ok(outcome) => {
-                if prune && app.config.retention.is_enabled() {
-                    prune_after_success(app, &target).await;
-                }
-                return outcome;
+            Ok(outcome) => return Ok(outcome),
+            Err(Failure::Platform(e)) if triggered && e.may_have_acted() => {
+                warn!(error = %e, "the trigger's answer did not arrive; reading the platform's records before anything is sent again");
+                unsure = Some(Failure::Platform(e));
+                triggered = false;
+                continue;
             }
             Err(f) => f,
         };
-        app.metrics.failure(failure.category());
-        let retryable = matches!(failure, Failure::Failed { .. } | Failure::Vanished { .. })
-            || matches!(&failure, Failure::Platform(e) if e.status().is_none_or(|s| s >= 500));
-        let attempts_so_far = spent + 1;
-        if !retryable || attempts_so_far >= retry.max_attempts {
-            return Outcome::Failed(failure);
+        triggered = false;
+        spent += 1;
+        match wait_to_retry(app, failure, spent, shutdown).await {
+            Ok(failure) => last_failure = Some(failure),
+            Err(outcome) => return Err(outcome),
         }
-        let wait = retry.backoff * 2u32.saturating_pow(attempts_so_far - 1);
-        warn!(error = %failure, attempt = attempts_so_far, "retrying in {}", humantime::format_duration(wait));
-        last_failure = Some(failure);
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.cancelled() => return Outcome::Failed(last_failure.expect("just set")),
-        }
+    }
+}
+
+/// Counts a failed attempt and waits for the next one: `Ok` with the failure after the backoff, or
+/// `Err` with the final outcome when it may not be retried, attempts are spent, or shutdown began.
+async fn wait_to_retry(
+    app: &App,
+    failure: Failure,
+    spent: u32,
+    shutdown: &CancellationToken,
+) -> Result<Failure, Outcome> {
+    app.metrics.failure(failure.category());
+    let retry = app.config.retry;
+    if !failure.is_retryable() || spent >= retry.max_attempts {
+        return Err(Outcome::Failed(failure));
+    }
+    let wait = retry.backoff * 2u32.saturating_pow(spent - 1);
+    warn!(error = %failure, attempt = spent, "retrying in {}", humantime::format_duration(wait));
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => Ok(failure),
+        _ = shutdown.cancelled() => Err(Outcome::Failed(failure)),
+    }
+}
+
+/// The slot's savepoint, found completed after this run's trigger lost its answer.
+fn adopted_completion(app: &App, savepoint: Savepoint) -> Outcome {
+    let duration = (Utc::now() - savepoint.created_at).to_std().ok();
+    app.metrics.success(duration, Utc::now());
+    Outcome::Completed {
+        savepoint,
+        adopted: true,
     }
 }
 
@@ -254,23 +471,18 @@ async fn trigger(
     app.metrics.attempt();
     let started = Instant::now();
     let savepoint = app.platform.trigger(target, &request).await?;
-    info!(savepoint_id = %savepoint.id, "savepoint triggered");
+    info!(savepoint_id = %savepoint.id, attempt, "savepoint triggered");
     follow_held(app, target, savepoint, Some(started)).await
 }
 
 /// Follows a savepoint found in flight (adopted) under a platform permit.
-async fn follow(
-    app: &App,
-    target: &Target,
-    savepoint: Savepoint,
-    started: Option<Instant>,
-) -> Result<Outcome, Failure> {
+async fn follow(app: &App, target: &Target, savepoint: Savepoint) -> Result<Outcome, Failure> {
     let _permit = app
         .permits
         .acquire()
         .await
         .expect("semaphore is never closed");
-    follow_held(app, target, savepoint, started).await
+    follow_held(app, target, savepoint, None).await
 }
 
 /// First poll after this long: small savepoints complete in a few hundred milliseconds.
@@ -306,19 +518,19 @@ async fn follow_held(
                     adopted: started.is_none(),
                 });
             }
-            State::Failed => {
+            State::Failed | State::Abandoned => {
+                let message = savepoint.failure.clone().unwrap_or_else(|| {
+                    format!("{} without a failure message", savepoint.state)
+                });
                 return Err(Failure::Failed {
                     id: savepoint.id.clone(),
-                    message: savepoint
-                        .failure
-                        .clone()
-                        .unwrap_or_else(|| "no failure message".into()),
+                    message,
                 });
             }
             State::PendingDeletion | State::Deleting | State::FailedDeletion => {
                 return Err(Failure::Vanished { id: savepoint.id });
             }
-            State::Started | State::Unknown => {}
+            State::TriggerPending | State::InProgress | State::Unknown => {}
         }
         let now = Instant::now();
         if now >= deadline {
@@ -342,8 +554,8 @@ async fn follow_held(
 
 /// Retention after a successful savepoint. Its failures are counted and logged inside; they never make
 /// the savepoint run fail.
-async fn prune_after_success(app: &App, target: &Target) {
-    match crate::prune::prune(app, target, false).await {
+async fn prune_after_success(app: &App, target: &Target, shutdown: &CancellationToken) {
+    match crate::prune::prune(app, target, false, shutdown).await {
         Ok(report) if !report.deleted.is_empty() || !report.failed.is_empty() => info!(
             deleted = report.deleted.len(),
             failed = report.failed.len(),
@@ -364,7 +576,7 @@ impl Drop for InProgressGuard<'_> {
 
 /// At startup: report the newest completed savepoint as the last success (so a restart does not look
 /// like staleness), and follow savepoints this application started before the restart that are still
-/// in flight.
+/// in flight (those older than the timeout are left to the platform: they no longer block).
 pub async fn recover(app: &App) {
     let span = tracing::info_span!("recover", application = %app.config.name, platform = %app.platform_name);
     async {
@@ -395,14 +607,16 @@ pub async fn recover(app: &App) {
         {
             app.metrics.last_success(newest);
         }
+        let now = Utc::now();
         for s in history.iter().filter(|s| {
             s.state.is_in_flight()
-                && s.managed
-                    .as_ref()
-                    .is_some_and(|m| m.application == app.config.name)
+                && s.is_managed_for(&app.config.name)
+                && (now - s.created_at)
+                    .to_std()
+                    .is_ok_and(|age| age <= app.config.timeout)
         }) {
             info!(savepoint_id = %s.id, "adopting a savepoint started before the restart");
-            match follow(app, &target, s.clone(), None).await {
+            match follow(app, &target, s.clone()).await {
                 Ok(_) => info!(savepoint_id = %s.id, "adopted savepoint completed"),
                 Err(f) => {
                     app.metrics.failure(f.category());

@@ -57,7 +57,7 @@ impl Runtime {
         let mut per_platform = Vec::new();
         for p in &config.platforms {
             let client = platform::connect(p, &metrics)?;
-            let resolver = match &p.resolve {
+            let resolver = match p.kind.resolve() {
                 Resolve::Api => Resolver::Api(client.clone()),
                 Resolve::Pods(pods) => {
                     if kube_client.is_none() {

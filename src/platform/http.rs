@@ -21,11 +21,11 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// Whether a request may be sent again after a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retry {
-    /// Reads and idempotent writes: retried on connection errors, timeouts and 5xx.
+    /// Reads and idempotent writes: retried on connection errors, lost answers, timeouts and 5xx.
     Idempotent,
-    /// A write that must not happen twice (creating a savepoint): retried only when the connection was
-    /// never made, because after a timeout or a 5xx the platform may have acted on it. The runner looks
-    /// for the slot's savepoint before it triggers again.
+    /// A write that must not happen twice (creating a savepoint): resent only when the request never
+    /// left (`reqwest::Error::is_connect`). After a lost answer, a timeout or a 5xx the platform may have
+    /// acted on it, so the error goes to the caller, which looks at the platform's records first.
     OnlyIfNotSent,
 }
 
@@ -142,15 +142,14 @@ impl ApiClient {
             let again = match &result {
                 Ok(_) => false,
                 Err(Error::Connect { .. }) => true,
-                Err(Error::Timeout { .. }) => retry == Retry::Idempotent,
-                Err(Error::Status { status, .. }) => *status >= 500 && retry == Retry::Idempotent,
-                Err(_) => false,
+                Err(e) => e.may_have_acted() && retry == Retry::Idempotent,
             };
             if !again || tries >= MAX_TRIES {
                 return result.map(|bytes| (url, bytes));
             }
             if let Err(e) = &result {
-                tracing::debug!(platform = %self.platform, operation, error = %e, "retrying after {backoff:?}");
+                tracing::info!(platform = %self.platform, operation, error = %e, attempt = tries,
+                    "request failed; sending it again in {backoff:?}");
             }
             tokio::time::sleep(backoff).await;
             backoff *= 2;
@@ -211,30 +210,50 @@ impl ApiClient {
         })
     }
 
+    /// What a transport failure means for the request: never sent (a connect error), or sent with its
+    /// answer lost or late, which the platform may have acted on.
     fn transport_error(&self, operation: &'static str, url: &Url, e: reqwest::Error) -> Error {
+        let (platform, url) = (self.platform.clone(), url.to_string());
         if e.is_timeout() {
-            Error::Timeout {
-                platform: self.platform.clone(),
+            return Error::Timeout {
+                platform,
                 operation,
-                url: url.to_string(),
+                url,
                 timeout: self.timeout,
+            };
+        }
+        let message = error_chain(&e);
+        if e.is_connect() {
+            Error::Connect {
+                platform,
+                operation,
+                url,
+                message,
             }
         } else {
-            // The full chain: reqwest's top-level message alone ("error sending request") says nothing.
-            let mut message = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                message = format!("{message}: {s}");
-                source = s.source();
-            }
-            Error::Connect {
-                platform: self.platform.clone(),
+            Error::NoAnswer {
+                platform,
                 operation,
-                url: url.to_string(),
+                url,
                 message,
             }
         }
     }
+}
+
+/// The full chain of causes, each said once: reqwest's top-level message alone ("error sending
+/// request") says nothing, and hyper often repeats its cause's text.
+fn error_chain(e: &reqwest::Error) -> String {
+    let mut parts: Vec<String> = vec![e.to_string()];
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
 }
 
 /// The platform's own words: VVP says `{"message": …}`, Flink `{"errors": […]}`.

@@ -5,26 +5,32 @@ pub mod flink;
 pub mod http;
 pub mod vvp;
 
-use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 
 use crate::config::{self, FormatType, PlatformKind};
 use crate::metrics::Metrics;
-
-/// Annotations that mark a savepoint as savepointd's, so a restarted daemon can recognise its own work.
-pub const ANNOTATION_MANAGED_BY: &str = "savepointd.io/managed-by";
-pub const ANNOTATION_APPLICATION: &str = "savepointd.io/application";
-pub const ANNOTATION_SLOT: &str = "savepointd.io/slot";
-pub const MANAGED_BY: &str = "savepointd";
+pub use crate::model::{
+    ANNOTATION_APPLICATION, ANNOTATION_MANAGED_BY, ANNOTATION_SLOT, MANAGED_BY, Managed, Origin,
+    ResolveError, Savepoint, SavepointType, State, Target,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The request never left: nothing listens, the name does not resolve, TLS failed. Safe to resend.
     #[error("{platform}: {operation} {url}: cannot connect: {message}")]
     Connect {
+        platform: String,
+        operation: &'static str,
+        url: String,
+        message: String,
+    },
+    /// The request was sent, but no answer arrived (a reset, a closed connection): the platform may
+    /// have acted on it.
+    #[error("{platform}: {operation} {url}: sent, but no answer arrived: {message}")]
+    NoAnswer {
         platform: String,
         operation: &'static str,
         url: String,
@@ -64,6 +70,12 @@ pub enum Error {
         id: String,
         after: std::time::Duration,
     },
+    #[error("{platform}: savepoint storage {url}: {message}")]
+    Storage {
+        platform: String,
+        url: String,
+        message: String,
+    },
     #[error("{platform}: cannot read the API token: {message}")]
     Token { platform: String, message: String },
     #[error("{platform}: cannot set up the HTTP client: {message}")]
@@ -75,6 +87,7 @@ impl Error {
     pub fn category(&self) -> &'static str {
         match self {
             Error::Connect { .. } => "connect",
+            Error::NoAnswer { .. } => "no_answer",
             Error::Timeout { .. } => "timeout",
             Error::Status { status, .. } if *status >= 500 => "server_error",
             Error::Status { status: 409, .. } => "conflict",
@@ -86,8 +99,20 @@ impl Error {
             Error::Decode { .. } => "bad_answer",
             Error::DeletionFailed { .. } => "deletion_failed",
             Error::DeletionPending { .. } => "deletion_pending",
+            Error::Storage { .. } => "storage",
             Error::Token { .. } => "token",
             Error::Setup { .. } => "setup",
+        }
+    }
+
+    /// Whether the platform may have carried the request out although no success came back: the
+    /// answer was lost or late, or a 5xx came from a proxy in front of a platform that acted. A
+    /// non-idempotent request that failed so is never resent blindly: its effect is looked for first.
+    pub fn may_have_acted(&self) -> bool {
+        match self {
+            Error::NoAnswer { .. } | Error::Timeout { .. } => true,
+            Error::Status { status, .. } => *status >= 500,
+            _ => false,
         }
     }
 
@@ -101,100 +126,6 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// What an application name resolves to on its platform.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Target {
-    /// VVP: the deploymentId.
-    pub id: String,
-    /// Where the id came from, for `savepointd resolve` and logs ("pod flink/jm-0 label deploymentId").
-    pub source: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum State {
-    Started,
-    Completed,
-    Failed,
-    PendingDeletion,
-    Deleting,
-    FailedDeletion,
-    /// A state this version does not know; treated as in flight, the safe reading.
-    Unknown,
-}
-
-impl State {
-    pub fn is_in_flight(self) -> bool {
-        matches!(self, State::Started | State::Unknown)
-    }
-
-    /// Terminal states a savepoint can be deleted from (DESIGN.md §5 rule 2).
-    pub fn is_deletable(self) -> bool {
-        matches!(
-            self,
-            State::Completed | State::Failed | State::FailedDeletion
-        )
-    }
-}
-
-impl fmt::Display for State {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = serde_json::to_value(self).expect("state serialises");
-        f.write_str(s.as_str().unwrap_or("UNKNOWN"))
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Origin {
-    UserRequest,
-    Suspend,
-    SuspendAndUpgrade,
-    Copied,
-    RetainedCheckpoint,
-    Unknown,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum SavepointType {
-    Full,
-    Incremental,
-    Unknown,
-}
-
-/// A savepoint as savepointd sees it, whatever the platform.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Savepoint {
-    pub id: String,
-    pub created_at: DateTime<Utc>,
-    pub state: State,
-    pub origin: Origin,
-    #[serde(rename = "type")]
-    pub kind: SavepointType,
-    pub location: Option<String>,
-    pub failure: Option<String>,
-    /// Set when savepointd created it.
-    pub managed: Option<Managed>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Managed {
-    pub application: String,
-    /// The slot it was made for, where the platform keeps it (VVP annotations). Flink keeps no
-    /// metadata with a savepoint; its trigger ids make a slot's trigger idempotent instead.
-    pub slot: Option<DateTime<Utc>>,
-}
-
-impl Savepoint {
-    pub fn is_managed_slot(&self, application: &str, slot: DateTime<Utc>) -> bool {
-        self.managed
-            .as_ref()
-            .is_some_and(|m| m.application == application && m.slot == Some(slot))
-    }
-}
 
 /// What savepointd asks a platform for.
 #[derive(Debug, Clone)]
@@ -211,7 +142,7 @@ pub trait Platform: Send + Sync {
     fn name(&self) -> &str;
 
     /// Resolves an application name through the platform's own API.
-    async fn resolve(&self, application: &str) -> Result<Target, crate::resolve::Error>;
+    async fn resolve(&self, application: &str) -> Result<Target, ResolveError>;
 
     /// Starts a savepoint. The returned savepoint is usually STARTED.
     async fn trigger(&self, target: &Target, request: &TriggerRequest<'_>) -> Result<Savepoint>;
@@ -229,8 +160,8 @@ pub trait Platform: Send + Sync {
 /// Builds the client for one configured platform.
 pub fn connect(platform: &config::Platform, metrics: &Metrics) -> Result<Arc<dyn Platform>> {
     let api = http::ApiClient::new(platform, metrics.clone())?;
-    Ok(match platform.kind {
-        PlatformKind::Vvp => Arc::new(vvp::Vvp::new(api, platform.namespace.clone())),
-        PlatformKind::Flink => Arc::new(flink::Flink::new(api, platform)?),
+    Ok(match &platform.kind {
+        PlatformKind::Vvp(vvp) => Arc::new(vvp::Vvp::new(api, vvp.namespace.clone())),
+        PlatformKind::Flink(flink) => Arc::new(flink::Flink::new(api, &flink.target_directory)?),
     })
 }

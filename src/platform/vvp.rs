@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -12,9 +12,9 @@ use serde_json::{Value, json};
 use super::http::{ApiClient, Retry};
 use super::{
     ANNOTATION_APPLICATION, ANNOTATION_MANAGED_BY, ANNOTATION_SLOT, MANAGED_BY, Managed, Origin,
-    Platform, Result, Savepoint, SavepointType, State, Target, TriggerRequest,
+    Platform, ResolveError, Result, Savepoint, SavepointType, State, Target, TriggerRequest,
 };
-use crate::resolve;
+use crate::model::{self, sanitize, slot_text};
 
 pub struct Vvp {
     api: ApiClient,
@@ -77,22 +77,20 @@ impl Platform for Vvp {
         self.api.platform()
     }
 
-    async fn resolve(&self, application: &str) -> Result<Target, resolve::Error> {
+    async fn resolve(&self, application: &str) -> Result<Target, ResolveError> {
         let list: List<WireDeployment> = self
             .api
             .get("list_deployments", &self.path("deployments"))
             .await
-            .map_err(|e| resolve::Error::Platform(Box::new(e)))?;
-        let wanted = resolve::sanitize(application);
+            .map_err(|e| ResolveError::Platform(Box::new(e)))?;
+        let wanted = sanitize(application);
         let ids: Vec<String> = list
             .into_items()
             .into_iter()
-            .filter(|d| {
-                d.metadata.name == application || resolve::sanitize(&d.metadata.name) == wanted
-            })
+            .filter(|d| d.metadata.name == application || sanitize(&d.metadata.name) == wanted)
             .map(|d| d.metadata.id)
             .collect();
-        resolve::unique(
+        model::unique(
             application,
             ids,
             &format!(
@@ -111,7 +109,7 @@ impl Platform for Vvp {
                 "annotations": {
                     ANNOTATION_MANAGED_BY: MANAGED_BY,
                     ANNOTATION_APPLICATION: request.application,
-                    ANNOTATION_SLOT: request.slot.to_rfc3339_opts(SecondsFormat::Secs, true),
+                    ANNOTATION_SLOT: slot_text(request.slot),
                 }
             }
         });
@@ -154,10 +152,41 @@ impl Platform for Vvp {
         self.refuse_if_shared_elsewhere(target, savepoint).await?;
         // Never `?force=true`: VVP's prerequisites are the last line of defence.
         let path = self.path(&format!("savepoints/{}", savepoint.id));
-        self.api
-            .send("delete", Method::DELETE, &path, None, Retry::Idempotent)
-            .await?;
-        // 202: PENDING_DELETION, then DELETING, then gone, or FAILED_DELETION.
+        let mut sent = 0;
+        loop {
+            sent += 1;
+            let error = match self
+                .api
+                .send("delete", Method::DELETE, &path, None, Retry::OnlyIfNotSent)
+                .await
+            {
+                Ok(_) => break,
+                Err(e) => e,
+            };
+            // Gone already: deleted by someone else, or by a DELETE of ours whose answer was lost.
+            if error.status() == Some(404) {
+                return Ok(());
+            }
+            if !error.may_have_acted() || sent >= DELETE_SENDS {
+                return Err(error);
+            }
+            // A lost answer is not a failed deletion: VVP may have accepted it. Resending would meet a
+            // 409 (the resource is PENDING_DELETION now), so look at the resource instead.
+            match self.get(target, &savepoint.id).await {
+                Err(e) if e.status() == Some(404) => return Ok(()),
+                // Untouched: the DELETE did not arrive. Send it again.
+                Ok(s) if s.state == savepoint.state => {}
+                Ok(_) => break,
+                Err(_) => return Err(error),
+            }
+        }
+        self.follow_deletion(target, savepoint).await
+    }
+}
+
+impl Vvp {
+    /// After a 202: PENDING_DELETION, then DELETING, then gone, or FAILED_DELETION.
+    async fn follow_deletion(&self, target: &Target, savepoint: &Savepoint) -> Result<()> {
         let started = std::time::Instant::now();
         let mut interval = std::time::Duration::from_millis(100);
         loop {
@@ -185,6 +214,10 @@ impl Platform for Vvp {
         }
     }
 }
+
+/// DELETEs sent for one deletion at most: the first, and resends after answers that were lost before
+/// the request reached VVP (checked by reading the resource in between).
+const DELETE_SENDS: u32 = 3;
 
 /// How long a deletion is followed before it is reported as still pending (it may yet finish).
 const DELETION_FOLLOW_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
@@ -259,7 +292,7 @@ impl WireSavepoint {
             .created_at
             .ok_or_else(|| format!("savepoint {} has no metadata.createdAt", m.id))?;
         let state = match self.status.state.as_deref() {
-            Some("STARTED") => State::Started,
+            Some("STARTED") => State::InProgress,
             Some("COMPLETED") => State::Completed,
             Some("FAILED") => State::Failed,
             Some("PENDING_DELETION") => State::PendingDeletion,
@@ -293,6 +326,7 @@ impl WireSavepoint {
             Some(Managed { application, slot })
         })
         .flatten();
+        let protected = refusal(origin, kind);
         let failure = self.status.failure.map(|f| {
             let field = |k: &str| f.get(k).and_then(Value::as_str).unwrap_or_default();
             match (field("reason"), field("message")) {
@@ -311,8 +345,29 @@ impl WireSavepoint {
             location: self.spec.savepoint_location,
             failure,
             managed,
+            protected,
         })
     }
+}
+
+/// Why VVP refuses to delete a savepoint of this origin and type, if it does (its deletion
+/// prerequisites, apis.md): INCREMENTAL savepoints, RETAINED_CHECKPOINT origins, and type UNKNOWN
+/// unless the origin is USER_REQUEST or SUSPEND. Asking would only earn a 409.
+pub fn refusal(origin: Origin, kind: SavepointType) -> Option<String> {
+    if kind == SavepointType::Incremental {
+        return Some("incremental".into());
+    }
+    if origin == Origin::RetainedCheckpoint {
+        return Some("retained checkpoint".into());
+    }
+    if kind == SavepointType::Unknown && !matches!(origin, Origin::UserRequest | Origin::Suspend) {
+        let origin = serde_json::to_value(origin).expect("origin serialises");
+        return Some(format!(
+            "type UNKNOWN with origin {} is not deletable",
+            origin.as_str().unwrap_or("UNKNOWN")
+        ));
+    }
+    None
 }
 
 #[cfg(test)]
