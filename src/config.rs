@@ -610,7 +610,12 @@ impl File {
         // Application platform indexes point into the file's platforms; they match the validated ones
         // only when every platform is valid.
         if platforms.len() == self.platforms.len() {
-            shared_savepoint_directories(&self.applications, &applications, &platforms, &mut problems);
+            shared_savepoint_directories(
+                &self.applications,
+                &applications,
+                &platforms,
+                &mut problems,
+            );
         }
         // The defaults are checked even when no application uses one of them, so that a typo in a
         // rarely-inherited default is caught now, not when it is first inherited.

@@ -24,7 +24,9 @@ use crate::runtime::App;
 pub enum Skip {
     Paused,
     /// Another savepoint of the application is still in flight (and younger than the timeout).
-    InProgress { id: String },
+    InProgress {
+        id: String,
+    },
     Unresolved(resolve::Error),
     /// `once` found no slot of the schedule within `startingDeadline`: nothing is due.
     NotDue {
@@ -108,7 +110,10 @@ impl Failure {
 pub enum Outcome {
     /// The slot's savepoint completed: triggered by this run, or adopted in flight (a savepoint of an
     /// earlier process, or this run's own whose trigger answer was lost).
-    Completed { savepoint: Savepoint, adopted: bool },
+    Completed {
+        savepoint: Savepoint,
+        adopted: bool,
+    },
     /// The slot already had a completed savepoint; nothing was triggered.
     AlreadyDone(Savepoint),
     Skipped(Skip),
@@ -164,11 +169,7 @@ pub fn next_step<'a>(
     timeout: Duration,
     now: DateTime<Utc>,
 ) -> Step<'a> {
-    let too_old = |s: &Savepoint| {
-        (now - s.created_at)
-            .to_std()
-            .is_ok_and(|age| age > timeout)
-    };
+    let too_old = |s: &Savepoint| (now - s.created_at).to_std().is_ok_and(|age| age > timeout);
     let mine: Vec<&Savepoint> = history
         .iter()
         .filter(|s| s.is_managed_slot(application, slot))
@@ -204,7 +205,10 @@ pub fn next_step<'a>(
 /// The slot `once` runs: the schedule's latest slot at or before `now`, if it is within the
 /// application's `startingDeadline` (so a retried or duplicated CronJob Job, or `once` beside the
 /// daemon, meets the slot's savepoint instead of making a second one).
-pub fn due_slot(app: &crate::config::Application, now: DateTime<Utc>) -> Result<DateTime<Utc>, Skip> {
+pub fn due_slot(
+    app: &crate::config::Application,
+    now: DateTime<Utc>,
+) -> Result<DateTime<Utc>, Skip> {
     let latest = app.schedule.latest_at_or_before(now, app.timezone);
     match latest {
         Some(slot)
@@ -519,9 +523,10 @@ async fn follow_held(
                 });
             }
             State::Failed | State::Abandoned => {
-                let message = savepoint.failure.clone().unwrap_or_else(|| {
-                    format!("{} without a failure message", savepoint.state)
-                });
+                let message = savepoint
+                    .failure
+                    .clone()
+                    .unwrap_or_else(|| format!("{} without a failure message", savepoint.state));
                 return Err(Failure::Failed {
                     id: savepoint.id.clone(),
                     message,

@@ -8,6 +8,8 @@
 
 mod support;
 
+use tokio_util::sync::CancellationToken;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,7 +23,7 @@ use savepointd::metrics::Metrics;
 use savepointd::platform::{self, Platform, Savepoint, State, Target, TriggerRequest};
 use support::eventually;
 use support::fixture::Daemon;
-use support::flink::{Cluster, Job, java_or_skip};
+use support::flink::{Cluster, Job, TRIGGER_ID_MEMORY_SECS, java_or_skip};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn savepointd_against_a_real_flink_cluster() {
@@ -39,12 +41,18 @@ async fn savepointd_against_a_real_flink_cluster() {
 
     let t = Instant::now();
     resolve_prints_the_job_id(&w, &orders).await;
-    let savepoint = once_writes_a_savepoint_directory(&w).await;
+    let (savepoint, slot_done) = once_writes_a_savepoint_directory(&w).await;
     a_job_restarted_from_the_savepoint_reports_it(&w, &savepoint).await;
     applications_without_a_running_job_are_skipped(&w).await;
     the_same_slot_triggered_twice_makes_one_savepoint(&w).await;
+    a_restart_after_flink_forgot_the_trigger_id_makes_no_second_savepoint(&w, &orders, slot_done)
+        .await;
     list_shows_the_savepoints_and_delete_disposes_only_inside_the_app_dir(&w).await;
-    println!("cases h, a, b, c, e, g: {:.1?}", t.elapsed());
+    println!("cases h, a, b, c, e, i, g: {:.1?}", t.elapsed());
+
+    let t = Instant::now();
+    the_savepoint_a_running_job_was_restored_from_survives_keep_last_one(&w).await;
+    println!("case j: {:.1?}", t.elapsed());
 
     let t = Instant::now();
     let payments = w.cluster.submit("payments", Job::default()).await;
@@ -81,6 +89,9 @@ impl World {
             r#"
 server: {{ listen: "127.0.0.1:0", shutdownGrace: 5s }}
 defaults:
+  # `once` runs the latest slot within startingDeadline: hourly slots are always due.
+  schedule: "@every 1h"
+  startingDeadline: 2h
   timeout: 30s
   retry: {{ maxAttempts: 2, backoff: 1s }}
 platforms:
@@ -102,18 +113,26 @@ applications:
         savepointd::config::from_yaml(&self.yaml(&apps)).expect("test config is valid")
     }
 
-    /// The completed savepoint directories of an application: `savepoint-*` with a `_metadata`.
+    /// The completed savepoint directories of an application: `savepoint-*` with a `_metadata`, in its
+    /// slot directories (`slot-*`) or directly in the application directory.
     fn savepoints(&self, app: &str) -> BTreeSet<PathBuf> {
-        let Ok(entries) = std::fs::read_dir(self.root().join(app)) else {
-            return BTreeSet::new();
+        let named = |p: &Path, prefix: &str| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
         };
-        entries
-            .map(|e| e.unwrap().path())
-            .filter(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("savepoint-"))
-                    && p.join("_metadata").is_file()
-            })
+        let children = |dir: &Path| -> Vec<PathBuf> {
+            std::fs::read_dir(dir)
+                .map(|entries| entries.map(|e| e.unwrap().path()).collect())
+                .unwrap_or_default()
+        };
+        let app_dir = self.root().join(app);
+        let mut candidates = children(&app_dir);
+        for slot in children(&app_dir).iter().filter(|p| named(p, "slot-")) {
+            candidates.extend(children(slot));
+        }
+        candidates
+            .into_iter()
+            .filter(|p| named(p, "savepoint-") && p.join("_metadata").is_file())
             .collect()
     }
 
@@ -137,7 +156,7 @@ fn path_of(location: &str) -> PathBuf {
 
 async fn once(config: &Config, apps: &[&str]) -> (String, bool) {
     let names: Vec<String> = apps.iter().map(|a| a.to_string()).collect();
-    commands::once(config, &names, false, true)
+    commands::once(config, &names, false, true, &CancellationToken::new())
         .await
         .expect("once runs")
 }
@@ -156,22 +175,128 @@ async fn resolve_prints_the_job_id(w: &World, job: &str) {
     assert!(text.contains("GET /jobs/overview"), "{text}");
 }
 
-/// a. `once` writes `<targetDirectory>/<app>/savepoint-*/_metadata` and prints where.
-async fn once_writes_a_savepoint_directory(w: &World) -> PathBuf {
+/// a. `once` writes `<targetDirectory>/<app>/slot-<slot>/savepoint-*/_metadata` for the application's
+/// due slot and prints where; returns the directory and when `once` finished.
+async fn once_writes_a_savepoint_directory(w: &World) -> (PathBuf, Instant) {
     assert!(w.savepoints("orders").is_empty());
     let (text, ok) = once(&w.config(&["orders"]), &["orders"]).await;
+    let finished = Instant::now();
     assert!(ok, "{text}");
     assert!(text.contains("completed"), "{text}");
     let dirs = w.savepoints("orders");
     assert_eq!(dirs.len(), 1, "one savepoint directory: {dirs:?}");
     let dir = dirs.into_iter().next().unwrap();
     assert!(dir.join("_metadata").metadata().unwrap().len() > 0);
+    let slot = hourly_slot();
+    assert_eq!(
+        dir.parent().unwrap(),
+        w.root()
+            .join("orders")
+            .join(platform::flink::slot_dir_name(slot)),
+        "the slot is in the path"
+    );
     assert!(
         text.contains(&file_url(&dir)),
         "the outcome names {}:\n{text}",
         dir.display()
     );
-    dir
+    (dir, finished)
+}
+
+/// The slot `once` runs with the tests' `@every 1h` schedule.
+fn hourly_slot() -> DateTime<Utc> {
+    let now = Utc::now().timestamp();
+    DateTime::from_timestamp(now - now.rem_euclid(3600), 0).unwrap()
+}
+
+/// i. The JobManager forgets a trigger id after `rest.async.store-duration` (and on failover); the slot
+/// is still recognised from its directory, so a later `once` for the same slot (a retried CronJob, a
+/// restarted daemon) triggers nothing.
+async fn a_restart_after_flink_forgot_the_trigger_id_makes_no_second_savepoint(
+    w: &World,
+    job: &str,
+    slot_done: Instant,
+) {
+    let slot = hourly_slot();
+    let forgotten = slot_done + Duration::from_secs(TRIGGER_ID_MEMORY_SECS + 2);
+    tokio::time::sleep_until(forgotten.into()).await;
+    let trigger = platform::flink::trigger_id("orders", slot, 1);
+    let client = reqwest::Client::new();
+    let status = client
+        .get(format!(
+            "{}/jobs/{job}/savepoints/{trigger}",
+            w.cluster.rest_url
+        ))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(
+        status, 404,
+        "the JobManager has forgotten trigger {trigger}"
+    );
+    let before = w.savepoints("orders");
+    let (text, ok) = once(&w.config(&["orders"]), &["orders"]).await;
+    assert!(ok, "{text}");
+    assert!(text.contains("already done"), "{text}");
+    assert_eq!(
+        w.savepoints("orders"),
+        before,
+        "no second savepoint for the slot"
+    );
+}
+
+/// j. Rule 8: the savepoint a running job was restored from stays, whatever the policy. A job restored
+/// from its application's first savepoint takes two more with keepLast 1: the first stays (the job's
+/// NATIVE checkpoints may share its files), the second goes.
+async fn the_savepoint_a_running_job_was_restored_from_survives_keep_last_one(w: &World) {
+    let first_job = w.cluster.submit("keeper", Job::default()).await;
+    let (text, ok) = once(&w.config(&["keeper"]), &["keeper"]).await;
+    assert!(ok, "{text}");
+    let first: Vec<PathBuf> = w.savepoints("keeper").into_iter().collect();
+    assert_eq!(first.len(), 1, "{first:?}");
+    w.cluster.cancel(&first_job).await;
+    let restored = w
+        .cluster
+        .submit(
+            "keeper",
+            Job {
+                savepoint: Some(&file_url(&first[0])),
+                ..Job::default()
+            },
+        )
+        .await;
+    let config =
+        savepointd::config::from_yaml(&w.yaml(
+            "  - name: keeper\n    schedule: \"* * * * * *\"\n    retention: { keepLast: 1 }\n",
+        ))
+        .unwrap();
+    let mut made = Vec::new();
+    for _ in 0..2 {
+        let before = w.savepoints("keeper");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let (text, ok) = once(&config, &["keeper"]).await;
+        assert!(ok, "{text}");
+        made.extend(w.savepoints("keeper").difference(&before).cloned());
+    }
+    assert_eq!(made.len(), 2, "{made:?}");
+    let left = w.savepoints("keeper");
+    let expected: BTreeSet<PathBuf> = [first[0].clone(), made[1].clone()].into();
+    assert_eq!(
+        left, expected,
+        "the restored-from savepoint and the newest stay"
+    );
+    let (dry, _) = commands::prune(
+        &config,
+        &["keeper".into()],
+        true,
+        Output::Table,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(dry.contains("was restored from it"), "{dry}");
+    w.cluster.cancel(&restored).await;
 }
 
 /// b. A job started from that savepoint says so in its checkpoint statistics.
@@ -245,7 +370,7 @@ async fn the_same_slot_triggered_twice_makes_one_savepoint(w: &World) {
     let first = p.trigger(&target, &request).await.expect("trigger");
     let second = p.trigger(&target, &request).await.expect("trigger again");
     assert_eq!(first.id, second.id);
-    assert_eq!(first.state, State::Started);
+    assert_eq!(first.state, State::InProgress);
     assert!(first.is_managed_slot("orders", slot));
     let done = wait_terminal(p.as_ref(), &target, &first.id).await;
     assert_eq!(done.state, State::Completed, "{done:?}");
@@ -453,9 +578,9 @@ async fn the_daemon_takes_savepoints_of_two_jobs_on_a_seconds_schedule(w: &World
 /// Retention on Flink: after each of four savepoints retention runs with keepLast 2, and what is left on
 /// disk is the two newest savepoint directories (older ones from earlier cases go too).
 async fn four_savepoints_with_keep_last_two_leave_the_two_newest_directories(w: &World) {
-    let config = savepointd::config::from_yaml(
-        &w.yaml("  - name: payments\n    retention: { keepLast: 2 }\n"),
-    )
+    let config = savepointd::config::from_yaml(&w.yaml(
+        "  - name: payments\n    schedule: \"* * * * * *\"\n    retention: { keepLast: 2 }\n",
+    ))
     .unwrap();
     let mut made = Vec::new();
     for _ in 0..4 {
@@ -465,6 +590,7 @@ async fn four_savepoints_with_keep_last_two_leave_the_two_newest_directories(w: 
         let (text, ok) = once(&config, &["payments"]).await;
         assert!(ok, "{text}");
         let after = w.savepoints("payments");
+        assert!(!after.is_empty());
         let new: Vec<_> = after.difference(&before).cloned().collect();
         assert_eq!(new.len(), 1, "one new directory per pass: {text}");
         made.push(new[0].clone());

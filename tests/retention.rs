@@ -5,6 +5,8 @@
 
 mod support;
 
+use tokio_util::sync::CancellationToken;
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -122,7 +124,7 @@ async fn prune_deletes_exactly_what_the_rules_allow_and_dry_run_says_so_first() 
     let c = config(&f, "{ keepLast: 2 }");
     let names = [APP.to_owned()];
 
-    let (dry, ok) = commands::prune(&c, &names, true, Output::Json)
+    let (dry, ok) = commands::prune(&c, &names, true, Output::Json, &CancellationToken::new())
         .await
         .unwrap();
     assert!(ok, "{dry}");
@@ -138,7 +140,7 @@ async fn prune_deletes_exactly_what_the_rules_allow_and_dry_run_says_so_first() 
     let expected = ids(&["old-1", "old-2", "failed", "refused"]);
     assert_eq!(announced, expected, "{dry}");
 
-    let (table, ok) = commands::prune(&c, &names, false, Output::Table)
+    let (table, ok) = commands::prune(&c, &names, false, Output::Table, &CancellationToken::new())
         .await
         .unwrap();
     assert!(!ok, "the refused deletion makes the run fail: {table}");
@@ -186,7 +188,7 @@ async fn without_a_keep_rule_nothing_is_deleted() {
     let f = fixture(VvpSimOptions::default()).await;
     seed(&f);
     let c = config(&f, "{ minKeep: 1 }");
-    let (text, ok) = commands::prune(&c, &[], false, Output::Table)
+    let (text, ok) = commands::prune(&c, &[], false, Output::Table, &CancellationToken::new())
         .await
         .unwrap();
     assert!(ok);
@@ -219,7 +221,7 @@ async fn a_location_shared_with_another_deployment_is_never_deleted() {
     foreign["spec"]["savepointLocation"] = json!("s3://flink/savepoints/mine-old");
     f.vvp.seed_savepoint(foreign);
     let c = config(&f, "{ keepLast: 1 }");
-    let (text, ok) = commands::prune(&c, &[], false, Output::Table)
+    let (text, ok) = commands::prune(&c, &[], false, Output::Table, &CancellationToken::new())
         .await
         .unwrap();
     assert!(!ok);

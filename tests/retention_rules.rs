@@ -9,6 +9,7 @@ use chrono::{DateTime, Datelike, NaiveDate, TimeDelta, Timelike, Utc};
 use chrono_tz::Tz;
 use proptest::prelude::*;
 use savepointd::config::{Retention, Scope};
+use savepointd::platform::vvp;
 use savepointd::platform::{Managed, Origin, Savepoint, SavepointType, State};
 use savepointd::retention::{Action, Plan, plan};
 
@@ -44,6 +45,7 @@ fn managed(id: &str, created: &str) -> Savepoint {
             application: APP.into(),
             slot: Some(created_at),
         }),
+        protected: None,
     }
 }
 
@@ -90,7 +92,15 @@ fn run(history: &[Savepoint], policy: &Retention) -> Plan {
 }
 
 fn run_in(history: &[Savepoint], policy: &Retention, tz: Tz) -> Plan {
-    plan(history, policy, APP, tz, at(NOW))
+    let history: Vec<Savepoint> = history.iter().cloned().map(as_vvp_lists_it).collect();
+    plan(&history, policy, APP, tz, at(NOW))
+}
+
+/// A savepoint with VVP's refusal set from its origin and type, as the VVP platform lists it: the
+/// planner keeps what the platform protects, and VVP's rules are the VVP module's.
+fn as_vvp_lists_it(mut sp: Savepoint) -> Savepoint {
+    sp.protected = vvp::refusal(sp.origin, sp.kind);
+    sp
 }
 
 /// Every decision as `id: reason`, newest first: what `savepointd prune --dry-run` shows, and what the
@@ -288,7 +298,7 @@ fn vvp_pending_deletion_and_deleting_are_never_asked_again() {
 fn vvp_started_and_unknown_state_savepoints_are_in_flight_and_kept() {
     let history = [
         with(managed("started", "2026-12-05T11:00:00Z"), |s| {
-            s.state = State::Started;
+            s.state = State::InProgress;
             s.location = None;
         }),
         managed("new", "2026-12-05T01:00:00Z"),
@@ -706,7 +716,7 @@ fn failed_savepoints_go_once_something_completed() {
 fn nothing_is_deleted_before_a_savepoint_has_completed() {
     let history = [
         with(managed("started", "2026-12-05T01:00:00Z"), |s| {
-            s.state = State::Started
+            s.state = State::InProgress
         }),
         with(managed("failed-2", "2026-12-04T01:00:00Z"), |s| {
             s.state = State::Failed
@@ -877,7 +887,7 @@ fn base_now() -> DateTime<Utc> {
 // `prop_oneof!`, at a fraction of the cost per case, and index 0 (what shrinking goes to) is the plainest
 // value.
 
-const STATES: [State; 12] = [
+const STATES: [State; 14] = [
     State::Completed,
     State::Completed,
     State::Completed,
@@ -886,10 +896,12 @@ const STATES: [State; 12] = [
     State::Failed,
     State::Failed,
     State::FailedDeletion,
-    State::Started,
+    State::InProgress,
     State::Unknown,
     State::PendingDeletion,
     State::Deleting,
+    State::TriggerPending,
+    State::Abandoned,
 ];
 
 const ORIGINS: [Origin; 10] = [
@@ -969,6 +981,7 @@ fn arb_history() -> impl Strategy<Value = Vec<Savepoint>> {
                         location: LOCATIONS.get(location).map(|l| l.to_string()),
                         failure: None,
                         managed,
+                        protected: vvp::refusal(ORIGINS[origin], KINDS[kind]),
                     }
                 },
             )
@@ -1188,7 +1201,7 @@ proptest! {
             prop_assert!(
                 matches!(
                     d.savepoint.state,
-                    State::Completed | State::Failed | State::FailedDeletion
+                    State::Completed | State::Failed | State::Abandoned | State::FailedDeletion
                 ),
                 "{} deleted in state {}", d.savepoint.id, d.savepoint.state
             );
@@ -1371,6 +1384,7 @@ proptest! {
                     let expected = match d.savepoint.state {
                         State::Completed => "delete: not kept by ",
                         State::Failed => "delete: failed savepoint",
+                        State::Abandoned => "delete: abandoned savepoint",
                         _ => "delete: earlier deletion failed",
                     };
                     prop_assert!(d.reason.starts_with(expected), "{}", d.reason);

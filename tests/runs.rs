@@ -4,6 +4,8 @@
 
 mod support;
 
+use tokio_util::sync::CancellationToken;
+
 use std::time::Duration;
 
 use serde_json::json;
@@ -26,7 +28,7 @@ async fn once(config: &Config, apps: &[&str]) -> (String, bool) {
     let names: Vec<String> = apps.iter().map(|s| s.to_string()).collect();
     tokio::time::timeout(
         Duration::from_secs(60),
-        commands::once(config, &names, false, true),
+        commands::once(config, &names, false, true, &CancellationToken::new()),
     )
     .await
     .expect("once finishes within 60 s")
@@ -141,9 +143,31 @@ async fn a_savepoint_already_in_flight_skips_the_run() {
     }));
     let c = config(&f, "", &app(name, ""));
     let (text, ok) = once(&c, &[name]).await;
-    assert!(ok, "an in-flight savepoint is not a failure: {text}");
+    assert!(!ok, "the slot got no savepoint, and once says so: {text}");
     assert!(text.contains("in_progress"), "{text}");
     assert_eq!(posts(&f), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_savepoint_in_flight_for_longer_than_the_timeout_no_longer_blocks() {
+    let f = fixture(VvpSimOptions::default()).await;
+    let (name, id) = APPS[2];
+    let stuck = "aaaaaaaa-0000-4000-8000-000000000002";
+    f.vvp.seed_savepoint(json!({
+        "metadata": {"id": stuck, "createdAt": (chrono::Utc::now() - chrono::TimeDelta::minutes(20)).to_rfc3339(),
+            "deploymentId": id, "origin": "USER_REQUEST", "type": "FULL", "annotations": {}},
+        "spec": {},
+        "status": {"state": "STARTED"}
+    }));
+    let c = config(&f, "", &app(name, "    timeout: 10m\n"));
+    let (text, ok) = once(&c, &[name]).await;
+    assert!(ok, "{text}");
+    assert!(text.contains("completed"), "{text}");
+    assert_eq!(
+        posts(&f),
+        1,
+        "the stuck savepoint no longer blocks: one trigger"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,7 +197,7 @@ async fn a_paused_application_is_skipped() {
 async fn an_unknown_application_name_is_an_error() {
     let f = fixture(VvpSimOptions::default()).await;
     let c = config(&f, "", &app("payments", ""));
-    let err = commands::once(&c, &["nope".into()], false, true)
+    let err = commands::once(&c, &["nope".into()], false, true, &CancellationToken::new())
         .await
         .unwrap_err();
     assert!(err.to_string().contains("\"nope\""), "{err}");
@@ -257,10 +281,9 @@ async fn status_reports_id_last_savepoint_and_next_run() {
     assert_eq!(payments["resolvedId"], APPS[1].1);
     assert_eq!(payments["lastCompleted"]["state"], "COMPLETED");
     assert!(
+        payments["nextRun"].as_str().unwrap().ends_with(":00:00Z"),
+        "hourly: {}",
         payments["nextRun"]
-            .as_str()
-            .unwrap()
-            .ends_with("T01:00:00Z")
     );
     assert!(rows[1]["error"].as_str().unwrap().contains("not found"));
 
@@ -274,7 +297,9 @@ async fn status_reports_id_last_savepoint_and_next_run() {
 async fn dry_run_triggers_nothing() {
     let f = fixture(VvpSimOptions::default()).await;
     let c = config(&f, "", &app("payments", ""));
-    let (text, ok) = commands::once(&c, &[], true, true).await.unwrap();
+    let (text, ok) = commands::once(&c, &[], true, true, &CancellationToken::new())
+        .await
+        .unwrap();
     assert!(ok);
     assert!(
         text.contains("would trigger") && text.contains(APPS[1].1),

@@ -133,6 +133,9 @@ impl Fixture {
 server: {{ listen: "127.0.0.1:0", shutdownGrace: 2s }}
 kubernetes: {{ kubeconfig: {kubeconfig} }}
 defaults:
+  # `once` runs the latest slot within startingDeadline: hourly slots, always due, one per test.
+  schedule: "@every 1h"
+  startingDeadline: 2h
   retry: {{ maxAttempts: 2, backoff: 200ms }}
 platforms:
   - name: vvp

@@ -91,6 +91,9 @@ pub struct Cluster {
     http: reqwest::Client,
 }
 
+/// How long the test cluster remembers a savepoint trigger id after the savepoint ended.
+pub const TRIGGER_ID_MEMORY_SECS: u64 = 10;
+
 impl Cluster {
     /// Installs Flink if needed (cached after the first time) and starts a session cluster with one
     /// TaskManager of four slots.
@@ -119,6 +122,10 @@ impl Cluster {
             path,
             "--slots".into(),
             "4".into(),
+            // The JobManager forgets a trigger id this long after its savepoint ended (5 minutes by
+            // default): short, so a test can show that a slot's savepoint is found without it.
+            "--conf".into(),
+            format!("rest.async.store-duration={TRIGGER_ID_MEMORY_SECS} s"),
         ])
         .await;
         Cluster {

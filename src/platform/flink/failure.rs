@@ -107,14 +107,18 @@ mod tests {
     }
 
     #[test]
-
-    #[test]
     fn only_a_cause_that_shows_the_metadata_unreadable_allows_direct_deletion() {
         let missing = "java.util.concurrent.CompletionException: java.io.FileNotFoundException: Cannot find meta data file '_metadata' in directory 'file:/sp/orders/savepoint-1'. Please try to load the checkpoint/savepoint directly from the metadata file instead of the directory.\n\tat x.y(Z.java:1)\n";
         let garbage = "java.util.concurrent.CompletionException: java.io.IOException: Unexpected magic number 0x67617262\n";
         assert!(proves_unreadable(missing));
         assert!(proves_unreadable(garbage));
-        for other in [EXPIRED, IO, NOT_RUNNING, "Service temporarily unavailable due to an ongoing leader election. Please refresh.", ""] {
+        for other in [
+            EXPIRED,
+            IO,
+            NOT_RUNNING,
+            "Service temporarily unavailable due to an ongoing leader election. Please refresh.",
+            "",
+        ] {
             assert!(!proves_unreadable(other), "{other}");
         }
     }

@@ -51,7 +51,10 @@ enum Disposal {
     Done,
     /// The JobManager ran the disposal and it failed: its reason, and whether the failure proves that
     /// the JobManager cannot read the savepoint at all.
-    Refused { reason: String, unreadable: bool },
+    Refused {
+        reason: String,
+        unreadable: bool,
+    },
 }
 
 impl Flink {
@@ -276,7 +279,9 @@ impl Platform for Flink {
         // The history first: a savepoint it shows as completed has its `_metadata` written already,
         // so the directory listing that follows sees it.
         let checkpoints = self.checkpoints(&target.id).await?;
-        let restored_from = checkpoints.as_ref().and_then(WireCheckpoints::restored_from);
+        let restored_from = checkpoints
+            .as_ref()
+            .and_then(WireCheckpoints::restored_from);
         let history = checkpoints.map(|c| c.history).unwrap_or_default();
         let on_disk = self
             .storage
@@ -372,7 +377,11 @@ impl Platform for Flink {
             Disposal::Refused {
                 reason,
                 unreadable: false,
-            } => return Err(failed(format!("the JobManager could not dispose of it: {reason}"))),
+            } => {
+                return Err(failed(format!(
+                    "the JobManager could not dispose of it: {reason}"
+                )));
+            }
             Disposal::Refused {
                 reason,
                 unreadable: true,
@@ -478,8 +487,6 @@ mod tests {
         hash.update(b"savepointd\0orders\x002026-11-20T01:00:00Z\x001");
         assert_eq!(id, crate::model::hex(&hash.finalize()[..16]));
     }
-
-
 
     #[test]
     fn jobs_not_running_are_named_with_their_state() {

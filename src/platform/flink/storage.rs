@@ -27,8 +27,10 @@ const SLOT_FORMAT: &str = "%Y%m%dT%H%M%SZ";
 pub fn root_url(target_directory: &str) -> Result<Url, String> {
     let mut root = match Url::parse(target_directory) {
         Ok(url) => url,
-        Err(_) if target_directory.starts_with('/') => Url::from_directory_path(target_directory)
-            .map_err(|()| format!("{target_directory} is not a path"))?,
+        Err(_) if target_directory.starts_with('/') => {
+            Url::from_directory_path(target_directory)
+                .map_err(|()| format!("{target_directory} is not a path"))?
+        }
         Err(e) => return Err(format!("{target_directory}: {e}")),
     };
     if !root.path().ends_with('/') {
@@ -447,11 +449,23 @@ mod tests {
         );
         let app = storage.app_dir("orders");
         assert_eq!(
-            slot_of("file:/data/sp/orders/slot-20261120T010000Z/savepoint-1a2b3c-0123456789ab", &app),
+            slot_of(
+                "file:/data/sp/orders/slot-20261120T010000Z/savepoint-1a2b3c-0123456789ab",
+                &app
+            ),
             Some(slot)
         );
-        assert_eq!(slot_of("file:/data/sp/orders/savepoint-1a2b3c-0123456789ab", &app), None);
-        assert_eq!(slot_of("file:/data/sp/payments/slot-20261120T010000Z/savepoint-1", &app), None);
+        assert_eq!(
+            slot_of("file:/data/sp/orders/savepoint-1a2b3c-0123456789ab", &app),
+            None
+        );
+        assert_eq!(
+            slot_of(
+                "file:/data/sp/payments/slot-20261120T010000Z/savepoint-1",
+                &app
+            ),
+            None
+        );
     }
 
     #[tokio::test]
@@ -483,7 +497,10 @@ mod tests {
         let dir = normalize(&listed[1].location).unwrap();
         assert_eq!(storage.delete_savepoint_dir(&app, &dir).await.unwrap(), 2);
         assert!(!slotted.exists());
-        assert!(legacy.join(METADATA).exists(), "only the one directory went");
+        assert!(
+            legacy.join(METADATA).exists(),
+            "only the one directory went"
+        );
         assert!(unfinished.join("data-1").exists());
     }
 }

@@ -255,7 +255,6 @@ mod tests {
         assert!(wire.into_outcome().is_err());
     }
 
-
     #[test]
     fn history_entries_decode_as_the_cluster_reports_them() {
         let history: WireCheckpoints = serde_json::from_value(json!({"history": [
