@@ -386,6 +386,66 @@ pub fn load(path: &Path) -> Result<Config> {
     from_figment(Figment::from(Yaml::string(&text)).merge(env_overrides()))
 }
 
+/// Reads what the config names outside itself: each platform's token (file or environment variable) and
+/// CA file. `check-config` and every command run this before anything else, so that a config
+/// `check-config` accepts starts, and a missing Secret is an error naming its field at once instead of a
+/// 401 at the first slot. The token is read only to see that it is there; it is never kept or shown.
+pub fn check_files(config: &Config) -> Result<()> {
+    let mut problems = Problems::default();
+    for (i, p) in config.platforms.iter().enumerate() {
+        let path = format!("platforms[{i}]");
+        match &p.auth {
+            Some(Auth::TokenFile(file)) => {
+                let shown = file.display().to_string();
+                match std::fs::read_to_string(file) {
+                    Ok(token) if token.trim().is_empty() => problems.push(
+                        format!("{path}.auth.tokenFile"),
+                        Some(&shown),
+                        "the file is empty",
+                    ),
+                    Ok(_) => {}
+                    Err(e) => problems.push(
+                        format!("{path}.auth.tokenFile"),
+                        Some(&shown),
+                        format!("cannot read it: {e}"),
+                    ),
+                }
+            }
+            Some(Auth::TokenEnv(var)) => {
+                if std::env::var(var).map_or(true, |t| t.trim().is_empty()) {
+                    problems.push(
+                        format!("{path}.auth.tokenEnv"),
+                        Some(var),
+                        "the environment variable is not set or empty",
+                    );
+                }
+            }
+            None => {}
+        }
+        if let Some(ca) = &p.ca_file {
+            let shown = ca.display().to_string();
+            match std::fs::read_to_string(ca) {
+                Ok(pem) if !pem.contains("-----BEGIN CERTIFICATE-----") => problems.push(
+                    format!("{path}.tls.caFile"),
+                    Some(&shown),
+                    "holds no PEM certificate",
+                ),
+                Ok(_) => {}
+                Err(e) => problems.push(
+                    format!("{path}.tls.caFile"),
+                    Some(&shown),
+                    format!("cannot read it: {e}"),
+                ),
+            }
+        }
+    }
+    if problems.0.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Invalid(problems.0))
+    }
+}
+
 /// Parses and validates a YAML document without environment overrides (for tests and `check-config` of
 /// rendered manifests).
 pub fn from_yaml(yaml: &str) -> Result<Config> {

@@ -79,7 +79,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
-    let config = match config::load(&cli.config) {
+    let config = match config::load(&cli.config).and_then(|c| config::check_files(&c).map(|()| c)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");

@@ -382,4 +382,73 @@ fn check_config_prints_the_plan_and_no_secret() {
     let runs = text.matches("T00:00:00Z").count() + text.matches("T23:00:00Z").count();
     assert!(runs >= 3, "{text}");
     assert!(!text.contains("s3cr3t-token-value"));
+
+    // check-config reads the token it reports (it would fail without it), so the check above is one
+    // that can fail: the value was in hand and was not printed.
+    let out = savepointd()
+        .args(["--config", path.to_str().unwrap(), "check-config"])
+        .env_remove("VVP_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "platforms[0].auth.tokenEnv: \"VVP_TOKEN\": the environment variable is not set"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn applications_that_would_share_a_savepoint_directory_are_refused_naming_both() {
+    let yaml = r#"
+platforms:
+  - name: flink-a
+    kind: flink
+    url: http://127.0.0.1:9
+    targetDirectory: s3://flink/savepoints
+  - name: flink-b
+    kind: flink
+    url: http://127.0.0.1:10
+    targetDirectory: s3://flink/savepoints/
+  - name: flink-c
+    kind: flink
+    url: http://127.0.0.1:11
+    targetDirectory: s3://flink/other
+applications:
+  - name: Fraud Detection
+    platform: flink-a
+  - name: fraud-detection
+    platform: flink-b
+  - name: fraud_detection
+    platform: flink-c
+"#;
+    let text = problems(yaml);
+    assert!(
+        text.contains(
+            "applications[1].name: \"fraud-detection\": its savepoints would go to s3://flink/savepoints/fraud-detection/, the directory of application Fraud Detection (applications[0])"
+        ),
+        "{text}"
+    );
+    assert_eq!(
+        text.lines().count(),
+        1,
+        "another storage is another directory: {text}"
+    );
+
+    // The binary: exit 2 before anything runs.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = savepointd()
+        .args(["--config", path.to_str().unwrap(), "check-config"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Fraud Detection") && err.contains("fraud-detection"),
+        "{err}"
+    );
 }

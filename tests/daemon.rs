@@ -147,20 +147,23 @@ async fn first_trigger(f: &Fixture, yaml: &str) -> (Daemon, Value) {
     (daemon, triggered)
 }
 
+/// Every application has at most one savepoint per slot, and exactly one for `slot` (of those that
+/// have any).
 fn assert_one_savepoint_per_slot(vvp: &VvpSim, slot: DateTime<Utc>) {
-    let triggers = vvp.triggers();
-    let for_slot = triggers.iter().filter(|t| slot_of(t) == slot).count();
-    assert_eq!(
-        for_slot, 1,
-        "no duplicate for the interrupted slot: {triggers:#?}"
-    );
-    let slots: Vec<_> = triggers.iter().map(slot_of).collect();
-    let unique: BTreeSet<_> = slots.iter().collect();
-    assert_eq!(
-        unique.len(),
-        slots.len(),
-        "one savepoint per slot: {slots:?}"
-    );
+    for (app, triggers) in triggers_by_app(vvp) {
+        let slots: Vec<_> = triggers.iter().map(slot_of).collect();
+        let for_slot = slots.iter().filter(|s| **s == slot).count();
+        assert_eq!(
+            for_slot, 1,
+            "{app}: no duplicate for the interrupted slot: {triggers:#?}"
+        );
+        let unique: BTreeSet<_> = slots.iter().collect();
+        assert_eq!(
+            unique.len(),
+            slots.len(),
+            "{app}: one savepoint per slot: {slots:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,11 +171,14 @@ async fn a_savepoint_in_flight_at_restart_is_adopted_and_followed() {
     let f = fixture(VvpSimOptions::default()).await;
     let (name, id) = APPS[1];
     f.vvp.hold_savepoints_of(id);
+    // Hourly slots: the catch-up at start triggers the current one, and no later slot falls inside the
+    // test, so the success below can only be the adopted savepoint's.
     let yaml = f.config(
         "",
-        &format!("  - name: {name}\n    schedule: \"*/3 * * * * *\"\n    startingDeadline: 1m\n"),
+        &format!("  - name: {name}\n    schedule: \"@every 1h\"\n    startingDeadline: 2h\n"),
     );
     let (first, triggered) = first_trigger(&f, &yaml).await;
+    let savepoint_id = triggered["metadata"]["id"].as_str().unwrap().to_owned();
     // Stopped while the savepoint is in flight: the wait is abandoned after the grace period.
     first.stop().await;
     assert_eq!(
@@ -181,8 +187,25 @@ async fn a_savepoint_in_flight_at_restart_is_adopted_and_followed() {
         "the savepoint is still in flight on the platform"
     );
 
+    let restarted = std::time::Instant::now();
     let second = Daemon::start(&yaml).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The restarted daemon follows the very savepoint: it polls it.
+    let polled = eventually(Duration::from_secs(15), || async {
+        f.vvp
+            .requests()
+            .iter()
+            .any(|r| {
+                r.at > restarted
+                    && r.method == "GET"
+                    && r.path.ends_with(&format!("/savepoints/{savepoint_id}"))
+            })
+            .then_some(())
+    })
+    .await;
+    assert!(
+        polled.is_some(),
+        "the restarted daemon polls {savepoint_id}"
+    );
     f.vvp.release_savepoints_of(id);
     let success =
         format!("savepointd_savepoint_success_total{{application=\"{name}\",platform=\"vvp\"}}");
@@ -195,9 +218,8 @@ async fn a_savepoint_in_flight_at_restart_is_adopted_and_followed() {
         "the restarted daemon followed it to COMPLETED: {}",
         second.get("/metrics").await.1
     );
-    // Let a later slot pass, then stop.
-    tokio::time::sleep(Duration::from_secs(4)).await;
     second.stop().await;
+    assert_eq!(f.vvp.triggers().len(), 1, "{:#?}", f.vvp.triggers());
     assert_one_savepoint_per_slot(&f.vvp, slot_of(&triggered));
 }
 
@@ -205,20 +227,27 @@ async fn a_savepoint_in_flight_at_restart_is_adopted_and_followed() {
 async fn a_slot_completed_while_the_daemon_was_down_is_not_triggered_again() {
     let f = fixture(VvpSimOptions::default()).await;
     let (name, id) = APPS[2];
+    let (control, _) = APPS[0];
     f.vvp.hold_savepoints_of(id);
     // Slots 10 s apart: the restart below happens well inside the slot, so the restarted daemon's
     // catch-up looks at the very slot whose savepoint completed while it was down.
     let yaml = f.config(
         "",
-        &format!("  - name: {name}\n    schedule: \"*/10 * * * * *\"\n    startingDeadline: 1m\n"),
+        &format!(
+            "  - name: {name}\n    schedule: \"*/10 * * * * *\"\n    startingDeadline: 1m\n\
+             \x20 - name: {control}\n    schedule: \"*/10 * * * * *\"\n    startingDeadline: 1m\n"
+        ),
     );
     // The first daemon runs no catch-up slot (its deadline is tiny), so its savepoint is for a slot that
-    // has just begun.
-    let (first, triggered) = first_trigger(
-        &f,
-        &yaml.replace("startingDeadline: 1m", "startingDeadline: 1s"),
-    )
-    .await;
+    // has just begun. The control application is paused in it: its slot gets no savepoint while the
+    // daemon is up, so the restarted daemon's catch-up must make one (proof that the catch-up ran).
+    let first_yaml = yaml
+        .replace("startingDeadline: 1m", "startingDeadline: 1s")
+        .replace(
+            &format!("  - name: {control}\n"),
+            &format!("  - name: {control}\n    paused: true\n"),
+        );
+    let (first, triggered) = first_trigger(&f, &first_yaml).await;
     let slot = slot_of(&triggered);
     first.stop().await;
     f.vvp.release_savepoints_of(id);
@@ -234,19 +263,29 @@ async fn a_slot_completed_while_the_daemon_was_down_is_not_triggered_again() {
     );
 
     let second = Daemon::start(&yaml).await;
-    let ready = eventually(Duration::from_secs(10), || async {
-        (second.get("/readyz").await.0 == 200).then_some(())
+    let caught_up = eventually(Duration::from_secs(8), || async {
+        triggers_by_app(&f.vvp).contains_key(control).then_some(())
     })
     .await;
-    assert!(ready.is_some());
-    // Give the catch-up run time to decide, but stop before the next slot.
+    // Give the catch-up runs time to decide, but stop before the next slot.
     let before_next = (slot + chrono::Duration::milliseconds(9_500) - Utc::now())
         .to_std()
         .unwrap_or_default();
-    tokio::time::sleep(before_next.min(Duration::from_secs(3))).await;
+    tokio::time::sleep(before_next.min(Duration::from_millis(500))).await;
     second.stop().await;
+    assert!(
+        caught_up.is_some(),
+        "the catch-up ran: {:#?}",
+        f.vvp.triggers()
+    );
+    let by_app = triggers_by_app(&f.vvp);
+    assert_eq!(
+        by_app[control].iter().map(slot_of).collect::<Vec<_>>(),
+        [slot],
+        "the control's missed slot was caught up"
+    );
+    assert_eq!(by_app[name].len(), 1, "{:#?}", by_app[name]);
     assert_one_savepoint_per_slot(&f.vvp, slot);
-    assert_eq!(f.vvp.triggers().len(), 1, "{:#?}", f.vvp.triggers());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
