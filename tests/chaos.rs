@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::SplitMix64;
 use support::fixture::annotation;
-use support::vvp_sim::{Deletion, Faults, VvpSim, VvpSimOptions};
+use support::vvp_sim::{Deletion, Fault, Faults, RecordedRequest, VvpSim, VvpSimOptions};
 use tokio::process::{Child, Command};
 
 const TOKEN: &str = "vvp-chaos-token";
@@ -44,6 +44,9 @@ const KILL_STREAM: u64 = 0x6b69_6c6c_2d39;
 fn env_number(name: &str) -> Option<u64> {
     let text = std::env::var(name).ok()?;
     let text = text.trim();
+    if text.is_empty() {
+        return None;
+    }
     let parsed = match text.strip_prefix("0x") {
         Some(hex) => u64::from_str_radix(hex, 16),
         None => text.parse(),
@@ -136,6 +139,28 @@ fn created_at(savepoint: &Value) -> &str {
 
 fn id_of(savepoint: &Value) -> &str {
     savepoint["metadata"]["id"].as_str().unwrap_or("")
+}
+
+/// The POSTs that asked for a savepoint of this application and slot, with what each met, for a
+/// failure message: `201 lost`, `503 injected`, `201 late 1.5s`, `dropped`.
+fn posts_for(requests: &[RecordedRequest], app: &str, slot: &str) -> Vec<String> {
+    requests
+        .iter()
+        .filter(|r| r.method == "POST")
+        .filter(|r| {
+            let annotations = r.body.as_ref().map(|b| &b["metadata"]["annotations"]);
+            annotations.is_some_and(|a| {
+                a["savepointd.io/application"] == app && a["savepointd.io/slot"] == slot
+            })
+        })
+        .map(|r| match r.fault {
+            None => r.status.to_string(),
+            Some(Fault::DropBefore) => "dropped".to_string(),
+            Some(Fault::Status(status)) => format!("{status} injected"),
+            Some(Fault::LoseAfter) => format!("{} lost", r.status),
+            Some(Fault::Slow(by)) => format!("{} late {by:?}", r.status),
+        })
+        .collect()
 }
 
 /// The log lines that name any of these savepoints, for a failure message.
@@ -288,8 +313,9 @@ async fn slots_stay_single_and_retention_safe_under_faults_and_kills() {
             .map(|t| format!("{} at {}", id_of(t), created_at(t)))
             .collect();
         problems.push(format!(
-            "{app} slot {slot}: {} savepoints: {made:?}\n    {}",
+            "{app} slot {slot}: {} savepoints: {made:?}\n    POSTs for the slot, in order: {:?}\n    {}",
             ts.len(),
+            posts_for(&requests, app, slot),
             log_lines(&logs, &ids).join("\n    ")
         ));
     }
