@@ -16,7 +16,9 @@ use serde_json::{Value, json};
 
 use support::eventually;
 use support::kube_fake::KubeFake;
-use support::vvp_sim::{SPEC_VERSION_ANNOTATION, VvpSim, VvpSimOptions};
+use support::vvp_sim::{
+    Fault, FaultCounts, Faults, SPEC_VERSION_ANNOTATION, VvpSim, VvpSimOptions,
+};
 
 const SETTLE: Duration = Duration::from_secs(5);
 
@@ -1224,4 +1226,309 @@ async fn vvp_counts_savepoints_in_flight() {
     }
     assert_eq!(sim.started_now(), 0);
     assert_eq!(sim.max_started_at_once(), 4);
+}
+
+/// Two COMPLETED savepoints of `DEP` (the older one deletable) and the client that asked for them.
+async fn two_completed(sim: &VvpSim, http: &reqwest::Client) -> [String; 2] {
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let created = trigger(http, sim, DEP).await;
+        let id = created["metadata"]["id"].as_str().unwrap().to_string();
+        wait_for_state(http, sim, &id, "COMPLETED").await;
+        ids.push(id);
+    }
+    ids.try_into().unwrap()
+}
+
+#[tokio::test]
+async fn vvp_a_lost_answer_took_effect_and_the_client_saw_an_error() {
+    let sim = VvpSim::start(VvpSimOptions {
+        complete_after: Duration::from_millis(50),
+        ..Default::default()
+    })
+    .await;
+    sim.add_deployment("fraud-detection", DEP, "RUNNING");
+    let http = http_client();
+
+    sim.lose_next_answers_to("POST", 1);
+    let list = http.get(savepoints_url(&sim)).send().await.unwrap();
+    assert_eq!(list.status(), StatusCode::OK, "a GET is not a POST");
+    let lost = http
+        .post(savepoints_url(&sim))
+        .json(&json!({ "metadata": { "deploymentId": DEP } }))
+        .send()
+        .await;
+    let err = lost.expect_err("no answer reaches the client");
+    assert!(!err.is_timeout(), "{err:?}");
+    assert_eq!(
+        sim.triggers().len(),
+        1,
+        "the savepoint was made all the same"
+    );
+    let id = sim.triggers()[0]["metadata"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_for_state(&http, &sim, &id, "COMPLETED").await;
+    trigger(&http, &sim, DEP).await;
+    assert_eq!(sim.triggers().len(), 2, "only the next POST was lost");
+
+    let requests = sim.requests();
+    let seen: Vec<(&str, u16, bool, Option<Fault>)> = requests
+        .iter()
+        .take(3)
+        .map(|r| (r.method.as_str(), r.status, r.lost, r.fault))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("GET", 200, false, None),
+            ("POST", 201, true, Some(Fault::LoseAfter)),
+            ("GET", 200, false, None),
+        ]
+    );
+
+    // A lost DELETE answer: the deletion runs to its end, and is recorded.
+    let [older, newer] = two_completed(&sim, &http).await;
+    sim.lose_next_answers(1);
+    let lost = http
+        .delete(format!("{}/{older}", savepoints_url(&sim)))
+        .send()
+        .await;
+    assert!(lost.is_err(), "{lost:?}");
+    let gone = eventually(SETTLE, || async {
+        (get_savepoint(&http, &sim, &older).await.0 == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "the deletion went ahead");
+    let deletions = sim.deletions();
+    assert_eq!(deletions.len(), 1);
+    assert_eq!(deletions[0].id(), older);
+    assert_eq!(deletions[0].state, "COMPLETED");
+    let delete = sim
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "DELETE")
+        .unwrap();
+    assert_eq!((delete.status, delete.lost), (202, true));
+    assert_eq!(
+        get_savepoint(&http, &sim, &newer).await.1["status"]["state"],
+        "COMPLETED"
+    );
+    assert_eq!(
+        sim.fault_counts(),
+        FaultCounts {
+            lose_after: 2,
+            ..Default::default()
+        }
+    );
+}
+
+#[tokio::test]
+async fn vvp_a_slow_answer_took_effect_before_the_client_gave_up() {
+    let sim = VvpSim::start(VvpSimOptions::default()).await;
+    sim.add_deployment("fraud-detection", DEP, "RUNNING");
+    let impatient = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let by = Duration::from_millis(1_500);
+
+    sim.slow_next_answers_to("POST", 1, by);
+    let asked = Instant::now();
+    let slow = impatient
+        .post(savepoints_url(&sim))
+        .json(&json!({ "metadata": { "deploymentId": DEP } }))
+        .send()
+        .await;
+    let err = slow.expect_err("the client gives up first");
+    assert!(err.is_timeout(), "{err:?}");
+    assert!(asked.elapsed() < by, "it did not wait for the answer");
+    assert_eq!(
+        sim.triggers().len(),
+        1,
+        "the savepoint was made all the same"
+    );
+    let post = sim.requests()[0].clone();
+    assert_eq!(
+        (post.status, post.lost, post.fault),
+        (201, false, Some(Fault::Slow(by)))
+    );
+
+    // A patient client gets the answer, late.
+    sim.slow_next_answers(1, by);
+    let asked = Instant::now();
+    let answer = http_client()
+        .get(savepoints_url(&sim))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert!(asked.elapsed() >= by);
+    assert_eq!(sim.fault_counts().slow, 2);
+}
+
+/// Sends the same sequence of requests to a simulator with `faults` and returns what each met.
+async fn under_faults(faults: Faults) -> (Vec<Option<Fault>>, FaultCounts, usize) {
+    let sim = VvpSim::start(VvpSimOptions::default()).await;
+    sim.add_deployment("fraud-detection", DEP, "RUNNING");
+    sim.set_faults(faults);
+    let http = http_client();
+    for _ in 0..40 {
+        let asked = Instant::now();
+        let answer = http
+            .post(savepoints_url(&sim))
+            .json(&json!({ "metadata": { "deploymentId": DEP } }))
+            .send()
+            .await;
+        let recorded = sim.requests().last().cloned().unwrap();
+        // What the client saw agrees with what was injected.
+        match (recorded.fault, answer) {
+            (None, Ok(r)) => assert_eq!(r.status(), StatusCode::CREATED),
+            (Some(Fault::Status(503)), Ok(r)) => {
+                assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE)
+            }
+            (Some(Fault::Slow(by)), Ok(r)) => {
+                assert_eq!(r.status(), StatusCode::CREATED);
+                assert!(asked.elapsed() >= by);
+            }
+            (Some(Fault::DropBefore | Fault::LoseAfter), Err(e)) => {
+                assert!(!e.is_timeout(), "{e:?}")
+            }
+            (fault, answer) => panic!("{fault:?} answered {answer:?}"),
+        }
+        let list = http.get(savepoints_url(&sim)).send().await.unwrap();
+        assert_eq!(list.status(), StatusCode::OK, "the plan is for POSTs only");
+    }
+    let requests = sim.requests();
+    let handled = requests
+        .iter()
+        .filter(|r| r.method == "POST" && r.status == 201)
+        .count();
+    assert_eq!(
+        sim.triggers().len(),
+        handled,
+        "every handled POST made a savepoint, lost and slow ones included"
+    );
+    assert_eq!(
+        requests
+            .iter()
+            .filter(|r| r.method == "POST")
+            .map(|r| r.lost)
+            .collect::<Vec<_>>(),
+        requests
+            .iter()
+            .filter(|r| r.method == "POST")
+            .map(|r| r.fault == Some(Fault::LoseAfter))
+            .collect::<Vec<_>>(),
+    );
+    let sequence: Vec<Option<Fault>> = requests
+        .iter()
+        .filter(|r| r.method == "POST")
+        .map(|r| r.fault)
+        .collect();
+    assert_eq!(
+        sim.fault_counts().total(),
+        sequence.iter().flatten().count()
+    );
+    (sequence, sim.fault_counts(), handled)
+}
+
+#[tokio::test]
+async fn vvp_a_fault_plan_replays_from_its_seed() {
+    // SplitMix64's published first output for seed 0.
+    assert_eq!(
+        support::SplitMix64::new(0).next_u64(),
+        0xe220_a839_7b1d_cdaf
+    );
+    let plan = |seed| Faults {
+        seed,
+        drop_before: 0.15,
+        lose_after: 0.15,
+        server_error: 0.15,
+        slow: 0.15,
+        slow_by: Duration::from_millis(50),
+        methods: vec!["POST".into()],
+    };
+    let (first, counts, handled) = under_faults(plan(7)).await;
+    let (again, counts_again, handled_again) = under_faults(plan(7)).await;
+    assert_eq!(first, again, "same seed, same faults");
+    assert_eq!((counts, handled), (counts_again, handled_again));
+    assert!(
+        counts.drop_before > 0
+            && counts.lose_after > 0
+            && counts.server_error > 0
+            && counts.slow > 0,
+        "every kind occurs in 40 draws: {counts:?}"
+    );
+    assert!(
+        first.iter().any(Option::is_none),
+        "and requests without a fault"
+    );
+    let (other, _, _) = under_faults(plan(8)).await;
+    assert_ne!(first, other, "another seed, other faults");
+}
+
+#[tokio::test]
+async fn vvp_records_each_accepted_deletion_with_the_newer_completed_savepoints() {
+    let sim = VvpSim::start(VvpSimOptions::default()).await;
+    sim.add_deployment("fraud-detection", DEP, "RUNNING");
+    let ids = [
+        "d0000000-0000-4000-8000-000000000001",
+        "d0000000-0000-4000-8000-000000000002",
+        "d0000000-0000-4000-8000-000000000003",
+        "d0000000-0000-4000-8000-000000000004",
+        "d0000000-0000-4000-8000-000000000005",
+    ];
+    let states = ["COMPLETED", "FAILED", "COMPLETED", "COMPLETED", "STARTED"];
+    for (i, (id, state)) in ids.iter().zip(states).enumerate() {
+        sim.seed_savepoint(seeded(
+            id,
+            &format!("2026-11-20T0{i}:00:00.000Z"),
+            state,
+            Some("FULL"),
+            "USER_REQUEST",
+        ));
+    }
+    // Newer, and completed, but of another deployment: not counted.
+    let mut foreign = seeded(
+        "d0000000-0000-4000-8000-000000000006",
+        "2026-11-20T09:00:00.000Z",
+        "COMPLETED",
+        Some("FULL"),
+        "USER_REQUEST",
+    );
+    foreign["metadata"]["deploymentId"] = json!(OTHER_DEPLOYMENT_ID);
+    sim.seed_savepoint(foreign);
+    let http = http_client();
+
+    // Refused: the newest completed of a running deployment, and one in flight. Not recorded.
+    assert_eq!(delete(&http, &sim, ids[3]).await.0, StatusCode::CONFLICT);
+    assert_eq!(delete(&http, &sim, ids[4]).await.0, StatusCode::CONFLICT);
+    assert!(sim.deletions().is_empty());
+
+    for id in [ids[0], ids[1], ids[2]] {
+        assert_eq!(delete(&http, &sim, id).await.0, StatusCode::ACCEPTED);
+    }
+    let recorded: Vec<(String, String, String, usize)> = sim
+        .deletions()
+        .iter()
+        .map(|d| {
+            let id = d.id().to_string();
+            (
+                id,
+                d.deployment_id().to_string(),
+                d.state.clone(),
+                d.newer_completed,
+            )
+        })
+        .collect();
+    let expected = [
+        (ids[0], "COMPLETED", 2),
+        (ids[1], "FAILED", 2),
+        (ids[2], "COMPLETED", 1),
+    ]
+    .map(|(id, state, newer)| (id.to_string(), DEP.to_string(), state.to_string(), newer));
+    assert_eq!(recorded, expected);
 }

@@ -90,6 +90,36 @@ async fn server_errors_and_dropped_connections_are_retried() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_whose_answer_was_lost_makes_one_savepoint_for_the_slot() {
+    let f = fixture(VvpSimOptions::default()).await;
+    let (name, _) = APPS[1];
+    let c = config(&f, "", &app(name, ""));
+    // VVP makes the savepoint, then the connection resets before its answer arrives.
+    f.vvp.lose_next_answers_to("POST", 1);
+    let (text, ok) = once(&c, &[name]).await;
+    let lost: Vec<_> = f.vvp.requests().into_iter().filter(|r| r.lost).collect();
+    assert_eq!(lost.len(), 1, "the fault was met: {lost:#?}");
+    assert_eq!((lost[0].method.as_str(), lost[0].status), ("POST", 201));
+    let triggers = f.vvp.triggers();
+    assert_eq!(
+        triggers.len(),
+        1,
+        "the savepoint the lost answer was about is the slot's only one: {triggers:#?}"
+    );
+    assert_eq!(
+        posts(&f),
+        1,
+        "a POST that may have taken effect is not resent"
+    );
+    assert!(ok, "{text}");
+    let id = triggers[0]["metadata"]["id"].as_str().unwrap();
+    assert!(
+        text.contains(id),
+        "the run reports the savepoint made: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_error_is_not_retried_and_carries_the_platforms_message() {
     let f = fixture(VvpSimOptions::default()).await;
     std::fs::write(f.dir.path().join("token"), "not-the-token").unwrap();

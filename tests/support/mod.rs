@@ -2,7 +2,8 @@
 //! Fakes of the platforms savepointd talks to, shared by the black-box tests.
 //!
 //! - `vvp_sim`: Ververica Platform appmanager API v1 (savepoints and deployments), including its
-//!   unhappy paths (401, 409 on delete, FAILED savepoints, injected 5xx, dropped connections, latency).
+//!   unhappy paths (401, 409 on delete, FAILED savepoints, injected 5xx, dropped connections, answers
+//!   lost or late after the request was handled, latency, a seeded random fault plan).
 //! - `kube_fake`: a Kubernetes API server small enough to read, big enough for kube-rs list/watch and
 //!   for the real `kubectl`.
 //! - `flink`: not a fake: a real Apache Flink session cluster, started through `scripts/flink_harness.py`.
@@ -57,6 +58,36 @@ pub(crate) fn random_u64() -> u64 {
     let mut hasher = RandomState::new().build_hasher();
     hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
     hasher.finish()
+}
+
+/// A small deterministic PRNG (SplitMix64). Tests that inject faults or pick moments at random draw
+/// from it, so a run can be replayed from the seed it printed; the per-process random keys of
+/// [`random_u64`] are for ids, which need no replay.
+#[derive(Clone, Debug)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)`: the top 53 bits, as many as an `f64` holds exactly.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform in `[low, high)` (`low` when the range is empty).
+    pub fn between(&mut self, low: Duration, high: Duration) -> Duration {
+        low + high.saturating_sub(low).mul_f64(self.next_f64())
+    }
 }
 
 /// A random UUID v4 in its canonical text form.

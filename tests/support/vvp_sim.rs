@@ -5,6 +5,12 @@
 //! are evaluated lazily from timestamps whenever state is read, so the simulator needs no timers
 //! and stays deterministic under a loaded test machine: a savepoint is STARTED until
 //! `createdAt + complete_after`, whoever asks.
+//!
+//! Faults go where a real platform puts them: before a request is handled (a dropped connection, a
+//! 5xx), or after it took effect (an answer lost to a reset, or later than the client waits). The
+//! latter are the ones a client cannot tell from the former, and must not resend blindly. A seeded
+//! plan draws them at random, reproducibly; every accepted deletion is recorded with what a
+//! retention rule is checked against.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
@@ -27,7 +33,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use super::{lock, parse_query, query_value, random_hex, uuid_v4};
+use super::{SplitMix64, lock, parse_query, query_value, random_hex, uuid_v4};
 
 /// The annotation VVP uses to decide whether a savepoint may be used for a restore.
 pub const SPEC_VERSION_ANNOTATION: &str =
@@ -74,13 +80,130 @@ pub struct RecordedRequest {
     pub path: String,
     /// The raw query string, as sent.
     pub query: Option<String>,
-    /// The status answered; 0 for a request whose connection was dropped without an answer.
+    /// The status of the answer, sent or not; 0 for a request whose connection was dropped before
+    /// it was handled.
     pub status: u16,
+    /// The request was handled (`status` is what it was answered), then its connection was killed:
+    /// the client never saw the answer.
+    pub lost: bool,
+    /// What was injected into this request, if anything.
+    pub fault: Option<Fault>,
     /// When the request arrived.
     pub at: Instant,
     pub authorization: Option<String>,
     /// The request body when it was JSON.
     pub body: Option<Value>,
+}
+
+/// A fault injected into the handling of one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The connection was killed before the request was handled: nothing happened.
+    DropBefore,
+    /// Answered with this status without handling the request (`fail_next`, or the plan's 503).
+    Status(u16),
+    /// Handled, state changes included, then the connection was killed instead of answering, as
+    /// when a reset or a proxy timeout loses an answer the platform had already acted on.
+    LoseAfter,
+    /// Handled, then answered after this delay, so that a client with a shorter request timeout
+    /// gives up on a request that took effect.
+    Slow(Duration),
+}
+
+/// A seeded random fault plan, drawn once per request it applies to, in order of arrival: the same
+/// seed gives the same sequence of faults. The probabilities are exclusive and add up to 1 at most.
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    pub seed: u64,
+    /// Connection killed before the request is handled.
+    pub drop_before: f64,
+    /// Request handled, then the connection killed before the answer.
+    pub lose_after: f64,
+    /// 503 without handling the request.
+    pub server_error: f64,
+    /// Request handled, then answered after `slow_by`.
+    pub slow: f64,
+    pub slow_by: Duration,
+    /// The methods the plan applies to (`"POST"`, `"DELETE"`); empty for every request.
+    pub methods: Vec<String>,
+}
+
+impl Faults {
+    fn applies_to(&self, method: &str) -> bool {
+        self.methods.is_empty() || self.methods.iter().any(|m| m.eq_ignore_ascii_case(method))
+    }
+
+    fn pick(&self, rng: &mut SplitMix64) -> Option<Fault> {
+        let draw = rng.next_f64();
+        let mut bound = 0.0;
+        for (probability, fault) in [
+            (self.drop_before, Fault::DropBefore),
+            (self.lose_after, Fault::LoseAfter),
+            (self.server_error, Fault::Status(503)),
+            (self.slow, Fault::Slow(self.slow_by)),
+        ] {
+            bound += probability;
+            if draw < bound {
+                return Some(fault);
+            }
+        }
+        None
+    }
+}
+
+/// How many faults of each kind were injected, whether planned or asked for one by one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultCounts {
+    pub drop_before: usize,
+    pub lose_after: usize,
+    /// Answers of an injected status: the plan's 503s and `fail_next`.
+    pub server_error: usize,
+    pub slow: usize,
+}
+
+impl FaultCounts {
+    pub fn total(&self) -> usize {
+        self.drop_before + self.lose_after + self.server_error + self.slow
+    }
+
+    fn count(&mut self, fault: Fault) {
+        match fault {
+            Fault::DropBefore => self.drop_before += 1,
+            Fault::Status(_) => self.server_error += 1,
+            Fault::LoseAfter => self.lose_after += 1,
+            Fault::Slow(_) => self.slow += 1,
+        }
+    }
+}
+
+/// A deletion the simulator accepted (202), as the savepoint stood just before it.
+#[derive(Clone, Debug)]
+pub struct Deletion {
+    /// The resource just before the deletion.
+    pub savepoint: Value,
+    /// Its state then.
+    pub state: String,
+    /// How many COMPLETED savepoints of the same deployment, not deleted together with it, were
+    /// newer (by `createdAt`) at that moment: what a keep-last rule is checked against.
+    pub newer_completed: usize,
+    pub at: Instant,
+}
+
+impl Deletion {
+    pub fn id(&self) -> &str {
+        savepoint_id(&self.savepoint)
+    }
+
+    pub fn deployment_id(&self) -> &str {
+        str_at(&self.savepoint, &["metadata", "deploymentId"]).unwrap_or("")
+    }
+}
+
+/// Faults asked for one by one: the next `remaining` requests (of `method`, when set).
+struct NextFaults {
+    method: Option<String>,
+    remaining: usize,
+    fault: Fault,
 }
 
 impl RecordedRequest {
@@ -222,6 +345,65 @@ impl VvpSim {
     /// The next `n` requests get no answer: their connection is closed instead.
     pub fn drop_next(&self, n: usize) {
         lock(&self.state).drop_next += n;
+    }
+
+    /// The next `n` requests are handled as usual, then their connection is killed: whatever the
+    /// request changed stays changed, and the client gets no answer.
+    pub fn lose_next_answers(&self, n: usize) {
+        self.next(None, n, Fault::LoseAfter);
+    }
+
+    /// As `lose_next_answers`, for the next `n` requests of `method` only.
+    pub fn lose_next_answers_to(&self, method: &str, n: usize) {
+        self.next(Some(method), n, Fault::LoseAfter);
+    }
+
+    /// The next `n` requests are handled as usual and answered `by` later.
+    pub fn slow_next_answers(&self, n: usize, by: Duration) {
+        self.next(None, n, Fault::Slow(by));
+    }
+
+    /// As `slow_next_answers`, for the next `n` requests of `method` only.
+    pub fn slow_next_answers_to(&self, method: &str, n: usize, by: Duration) {
+        self.next(Some(method), n, Fault::Slow(by));
+    }
+
+    fn next(&self, method: Option<&str>, n: usize, fault: Fault) {
+        if n == 0 {
+            return;
+        }
+        lock(&self.state).next_faults.push(NextFaults {
+            method: method.map(str::to_ascii_uppercase),
+            remaining: n,
+            fault,
+        });
+    }
+
+    /// From now on every request the plan applies to draws its fault from the plan, unless a fault
+    /// asked for one by one (`drop_next`, `fail_next`, `lose_next_answers`, …) comes first.
+    pub fn set_faults(&self, faults: Faults) {
+        let total = faults.drop_before + faults.lose_after + faults.server_error + faults.slow;
+        assert!(
+            (0.0..=1.0).contains(&total),
+            "fault probabilities add up to {total}, not a probability"
+        );
+        let rng = SplitMix64::new(faults.seed);
+        lock(&self.state).faults = Some((faults, rng));
+    }
+
+    /// No planned faults from now on.
+    pub fn clear_faults(&self) {
+        lock(&self.state).faults = None;
+    }
+
+    /// The faults injected so far, by kind.
+    pub fn fault_counts(&self) -> FaultCounts {
+        lock(&self.state).fault_counts
+    }
+
+    /// Every deletion accepted (202), in order, whether or not its answer reached the client.
+    pub fn deletions(&self) -> Vec<Deletion> {
+        lock(&self.state).deletions.clone()
     }
 
     /// Rotates the API token: from now on only `token` is accepted.
@@ -379,6 +561,10 @@ struct Sim {
     requests: Vec<RecordedRequest>,
     fail_next: VecDeque<u16>,
     drop_next: usize,
+    next_faults: Vec<NextFaults>,
+    faults: Option<(Faults, SplitMix64)>,
+    fault_counts: FaultCounts,
+    deletions: Vec<Deletion>,
     failing: HashMap<String, String>,
     held: HashSet<String>,
     deny_delete: HashMap<String, String>,
@@ -482,6 +668,10 @@ impl Sim {
             requests: Vec::new(),
             fail_next: VecDeque::new(),
             drop_next: 0,
+            next_faults: Vec::new(),
+            faults: None,
+            fault_counts: FaultCounts::default(),
+            deletions: Vec::new(),
             failing: HashMap::new(),
             held: HashSet::new(),
             deny_delete: HashMap::new(),
@@ -489,6 +679,35 @@ impl Sim {
             started_now: 0,
             max_started: 0,
         }
+    }
+
+    /// The fault for a request that just arrived: those asked for one by one come first (drops, then
+    /// statuses, then lost and late answers in the order they were asked for), then the plan's draw.
+    fn fault_for(&mut self, method: &str) -> Option<Fault> {
+        let fault = if self.drop_next > 0 {
+            self.drop_next -= 1;
+            Some(Fault::DropBefore)
+        } else if let Some(status) = self.fail_next.pop_front() {
+            Some(Fault::Status(status))
+        } else if let Some(next) = self
+            .next_faults
+            .iter_mut()
+            .find(|f| f.method.as_deref().is_none_or(|m| m == method))
+        {
+            next.remaining -= 1;
+            let fault = next.fault;
+            self.next_faults.retain(|f| f.remaining > 0);
+            Some(fault)
+        } else {
+            match &mut self.faults {
+                Some((plan, rng)) if plan.applies_to(method) => plan.pick(rng),
+                _ => None,
+            }
+        };
+        if let Some(fault) = fault {
+            self.fault_counts.count(fault);
+        }
+        fault
     }
 
     /// Applies every transition that is due by now. Completions are applied before anything the
@@ -818,6 +1037,23 @@ impl Sim {
             return message(StatusCode::CONFLICT, refusal);
         }
         let now = Instant::now();
+        for &index in &group {
+            let resource = &self.entries[index].resource;
+            let deployment_id = str_at(resource, &["metadata", "deploymentId"]);
+            let created = created_at(resource);
+            let newer_completed = (0..self.entries.len())
+                .filter(|i| !group.contains(i))
+                .map(|i| &self.entries[i].resource)
+                .filter(|r| str_at(r, &["metadata", "deploymentId"]) == deployment_id)
+                .filter(|r| state_of(r) == "COMPLETED" && created_at(r) > created)
+                .count();
+            self.deletions.push(Deletion {
+                savepoint: resource.clone(),
+                state: state_of(resource).to_string(),
+                newer_completed,
+                at: now,
+            });
+        }
         let now_utc = now_text(Utc::now());
         for &index in &group {
             let entry = &mut self.entries[index];
@@ -901,13 +1137,15 @@ impl Sim {
             .map(|e| &e.resource)
             .filter(|r| str_at(r, &["metadata", "deploymentId"]) == Some(deployment_id))
             .filter(|r| state_of(r) == "COMPLETED")
-            .max_by_key(|r| {
-                str_at(r, &["metadata", "createdAt"])
-                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                    .map(|t| t.with_timezone(&Utc))
-            })
+            .max_by_key(|r| created_at(r))
             .map(savepoint_id)
     }
+}
+
+fn created_at(resource: &Value) -> Option<DateTime<Utc>> {
+    str_at(resource, &["metadata", "createdAt"])
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc))
 }
 
 fn savepoint_id(resource: &Value) -> &str {
@@ -929,13 +1167,16 @@ async fn handle(
         .map(str::to_string);
     let path = parts.uri.path().to_string();
     let raw_query = parts.uri.query().map(str::to_string);
-    let (index, dropped, injected, latency) = {
+    let (index, fault, latency) = {
         let mut sim = lock(&state);
+        let fault = sim.fault_for(parts.method.as_str());
         sim.requests.push(RecordedRequest {
             method: parts.method.to_string(),
             path: path.clone(),
             query: raw_query.clone(),
             status: 0,
+            lost: false,
+            fault,
             at,
             authorization: authorization.clone(),
             body: body
@@ -943,32 +1184,23 @@ async fn handle(
                 .ok()
                 .and_then(|b| serde_json::from_slice(b).ok()),
         });
-        let dropped = sim.drop_next > 0;
-        if dropped {
-            sim.drop_next -= 1;
-        }
-        let injected = if dropped {
-            None
-        } else {
-            sim.fail_next.pop_front()
-        };
-        (sim.requests.len() - 1, dropped, injected, sim.latency)
+        (sim.requests.len() - 1, fault, sim.latency)
     };
-    if dropped {
+    if fault == Some(Fault::DropBefore) {
         connection.kill();
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
     tokio::time::sleep(latency).await;
-    let (status, answer) = match (injected, body) {
-        (Some(code), _) => (
+    let (status, answer) = match (fault, body) {
+        (Some(Fault::Status(code)), _) => (
             StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             json!({ "message": "injected" }),
         ),
-        (None, Err(_)) => message(
+        (_, Err(_)) => message(
             StatusCode::BAD_REQUEST,
             format!("Request body larger than {MAX_BODY_BYTES} bytes"),
         ),
-        (None, Ok(body)) => lock(&state).route(
+        (_, Ok(body)) => lock(&state).route(
             &parts.method,
             &path,
             &parse_query(raw_query.as_deref()),
@@ -976,7 +1208,22 @@ async fn handle(
             authorization.as_deref(),
         ),
     };
-    lock(&state).requests[index].status = status.as_u16();
+    {
+        // Recorded before the answer is lost or delayed: the client may give up on a slow answer,
+        // and the server then drops this future without running the rest.
+        let mut sim = lock(&state);
+        let recorded = &mut sim.requests[index];
+        recorded.status = status.as_u16();
+        recorded.lost = fault == Some(Fault::LoseAfter);
+    }
+    match fault {
+        Some(Fault::LoseAfter) => {
+            connection.kill();
+            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+        }
+        Some(Fault::Slow(by)) => tokio::time::sleep(by).await,
+        _ => {}
+    }
     (
         status,
         [(header::CONTENT_TYPE, "application/json")],
