@@ -411,15 +411,13 @@ pub fn check_files(config: &Config) -> Result<()> {
                     ),
                 }
             }
-            Some(Auth::TokenEnv(var)) => {
-                if std::env::var(var).map_or(true, |t| t.trim().is_empty()) {
-                    problems.push(
-                        format!("{path}.auth.tokenEnv"),
-                        Some(var),
-                        "the environment variable is not set or empty",
-                    );
-                }
+            Some(Auth::TokenEnv(var)) if std::env::var(var).is_ok_and(|t| !t.trim().is_empty()) => {
             }
+            Some(Auth::TokenEnv(var)) => problems.push(
+                format!("{path}.auth.tokenEnv"),
+                Some(var),
+                "the environment variable is not set or empty",
+            ),
             None => {}
         }
         if let Some(ca) = &p.ca_file {

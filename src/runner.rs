@@ -633,3 +633,313 @@ pub async fn recover(app: &App) {
     .instrument(span)
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    //! The attempt arithmetic and adoption, against an in-memory platform on a paused clock: backoffs
+    //! are asserted as the virtual time they took, without waiting for them.
+
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
+
+    use async_trait::async_trait;
+    use chrono::TimeDelta;
+    use tokio::sync::Semaphore;
+
+    use super::*;
+    use crate::config;
+    use crate::metrics::Metrics;
+    use crate::model::{Managed, Origin, ResolveError, SavepointType};
+    use crate::platform::{Platform, Result as PlatformResult};
+    use crate::resolve::Resolver;
+
+    const APP: &str = "orders";
+
+    /// What the fake does with one trigger.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Answer {
+        /// Makes the savepoint; it completes at the first poll.
+        Complete,
+        /// Makes the savepoint; it fails at the first poll.
+        Fail,
+        /// Makes the savepoint, then the answer is lost.
+        LoseAnswer,
+        /// A 503 from a proxy; nothing is made.
+        Unavailable,
+    }
+
+    #[derive(Default)]
+    struct Fake {
+        savepoints: Mutex<Vec<Savepoint>>,
+        answers: Mutex<VecDeque<Answer>>,
+        /// The attempt numbers triggered, in order.
+        attempts: Mutex<Vec<u32>>,
+        /// Per savepoint id: whether it fails when polled.
+        failing: Mutex<Vec<String>>,
+    }
+
+    impl Fake {
+        fn with(answers: &[Answer]) -> Arc<Fake> {
+            let fake = Fake::default();
+            fake.answers.lock().unwrap().extend(answers);
+            Arc::new(fake)
+        }
+
+        fn attempts(&self) -> Vec<u32> {
+            self.attempts.lock().unwrap().clone()
+        }
+
+        fn count(&self) -> usize {
+            self.savepoints.lock().unwrap().len()
+        }
+    }
+
+    fn error(status: Option<u16>) -> platform::Error {
+        match status {
+            Some(status) => platform::Error::Status {
+                platform: "fake".into(),
+                operation: "trigger",
+                url: "fake".into(),
+                status,
+                message: "injected".into(),
+            },
+            None => platform::Error::NoAnswer {
+                platform: "fake".into(),
+                operation: "trigger",
+                url: "fake".into(),
+                message: "connection reset".into(),
+            },
+        }
+    }
+
+    #[async_trait]
+    impl Platform for Fake {
+        fn name(&self) -> &str {
+            "fake"
+        }
+
+        async fn resolve(&self, application: &str) -> Result<Target, ResolveError> {
+            Ok(Target {
+                application: application.into(),
+                id: "job-1".into(),
+                source: "fake".into(),
+            })
+        }
+
+        async fn trigger(
+            &self,
+            _: &Target,
+            request: &TriggerRequest<'_>,
+        ) -> PlatformResult<Savepoint> {
+            self.attempts.lock().unwrap().push(request.attempt);
+            let answer = self
+                .answers
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or(Answer::Complete);
+            if answer == Answer::Unavailable {
+                return Err(error(Some(503)));
+            }
+            let id = format!("sp-{}", self.count() + 1);
+            let made = savepoint(&id, State::InProgress, Some(request.slot), Utc::now());
+            self.savepoints.lock().unwrap().push(made.clone());
+            if answer == Answer::Fail {
+                self.failing.lock().unwrap().push(id);
+            }
+            match answer {
+                Answer::LoseAnswer => Err(error(None)),
+                _ => Ok(made),
+            }
+        }
+
+        async fn get(&self, _: &Target, id: &str) -> PlatformResult<Savepoint> {
+            let failing = self.failing.lock().unwrap().contains(&id.to_owned());
+            let mut all = self.savepoints.lock().unwrap();
+            let s = all.iter_mut().find(|s| s.id == id).expect("known id");
+            if s.state == State::InProgress {
+                s.state = if failing {
+                    State::Failed
+                } else {
+                    State::Completed
+                };
+            }
+            Ok(s.clone())
+        }
+
+        async fn list(&self, _: &Target) -> PlatformResult<Vec<Savepoint>> {
+            Ok(self.savepoints.lock().unwrap().clone())
+        }
+
+        async fn delete(&self, _: &Target, _: &Savepoint) -> PlatformResult<()> {
+            unreachable!("no retention in these tests")
+        }
+    }
+
+    fn savepoint(
+        id: &str,
+        state: State,
+        slot: Option<DateTime<Utc>>,
+        created_at: DateTime<Utc>,
+    ) -> Savepoint {
+        Savepoint {
+            id: id.into(),
+            created_at,
+            state,
+            origin: Origin::UserRequest,
+            kind: SavepointType::Full,
+            location: None,
+            failure: None,
+            managed: slot.map(|slot| Managed {
+                application: APP.into(),
+                slot: Some(slot),
+            }),
+            protected: None,
+        }
+    }
+
+    fn app(fake: Arc<Fake>) -> App {
+        let config = config::from_yaml(
+            "platforms: [{name: fake, kind: vvp, url: 'http://127.0.0.1:9', resolve: {via: api}}]\n\
+             applications: [{name: orders, timeout: 10m, retry: {maxAttempts: 3, backoff: 30s}}]\n",
+        )
+        .unwrap();
+        App {
+            config: config.applications[0].clone(),
+            platform_name: "fake".into(),
+            platform: fake.clone(),
+            resolver: Resolver::Api(fake),
+            permits: Arc::new(Semaphore::new(4)),
+            metrics: Metrics::new().app(APP, "fake"),
+        }
+    }
+
+    fn slot() -> DateTime<Utc> {
+        DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap()
+    }
+
+    const TIMEOUT: Duration = Duration::from_secs(600);
+
+    #[test]
+    fn the_records_decide_the_step() {
+        let (now, slot) = (Utc::now(), slot());
+        let young = now - TimeDelta::minutes(1);
+        let old = now - TimeDelta::minutes(11);
+        let step = |history: &[Savepoint], floor| {
+            format!(
+                "{:?}",
+                next_step(history, APP, slot, floor, 3, TIMEOUT, now)
+            )
+        };
+        let done = savepoint("done", State::Completed, Some(slot), young);
+        let failed = savepoint("failed", State::Failed, Some(slot), young);
+        assert!(step(&[failed.clone(), done.clone()], 0).starts_with("Done"));
+        let flying = savepoint("flying", State::InProgress, Some(slot), young);
+        assert!(step(&[failed.clone(), flying], 0).starts_with("Follow"));
+        let stuck = savepoint("stuck", State::InProgress, Some(slot), old);
+        assert!(step(&[stuck], 0).starts_with("Stuck"));
+        // Another savepoint in flight blocks while it is younger than the timeout.
+        let other = savepoint("other", State::InProgress, None, young);
+        assert!(step(&[other], 0).starts_with("Busy"));
+        let stale = savepoint("stale", State::Unknown, None, old);
+        let history = [stale];
+        assert_eq!(
+            next_step(&history, APP, slot, 0, 3, TIMEOUT, now),
+            Step::Trigger {
+                attempt: 1,
+                stale: vec![&history[0]]
+            }
+        );
+        // Failed savepoints of the slot are spent attempts, from the records or from the run.
+        let abandoned = savepoint("abandoned", State::Abandoned, Some(slot), young);
+        let two = [failed.clone(), abandoned];
+        assert!(step(&two, 0).starts_with("Trigger { attempt: 3"));
+        assert!(step(&two, 3).starts_with("Exhausted { spent: 3"));
+        assert!(step(&[failed.clone()], 2).starts_with("Trigger { attempt: 3"));
+        // Another slot's savepoints count for nothing.
+        let elsewhere = savepoint("x", State::Failed, Some(slot - TimeDelta::hours(1)), young);
+        assert!(step(&[elsewhere], 0).starts_with("Trigger { attempt: 1"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trigger_whose_answer_was_lost_is_adopted_at_once_and_never_sent_again() {
+        let fake = Fake::with(&[Answer::LoseAnswer]);
+        let app = app(fake.clone());
+        let started = Instant::now();
+        let outcome = run_slot(&app, slot(), false, &CancellationToken::new()).await;
+        assert!(
+            matches!(outcome, Outcome::Completed { adopted: true, .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(fake.attempts(), [1], "one trigger");
+        assert_eq!(fake.count(), 1, "one savepoint");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no backoff before the look at the records: {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trigger_that_made_nothing_is_an_attempt_retried_after_the_backoff() {
+        let fake = Fake::with(&[Answer::Unavailable, Answer::Complete]);
+        let app = app(fake.clone());
+        let started = Instant::now();
+        let outcome = run_slot(&app, slot(), false, &CancellationToken::new()).await;
+        assert!(
+            matches!(outcome, Outcome::Completed { adopted: false, .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(fake.attempts(), [1, 2]);
+        assert_eq!(fake.count(), 1);
+        let waited = started.elapsed();
+        assert!(
+            (Duration::from_secs(30)..Duration::from_secs(35)).contains(&waited),
+            "one backoff of 30 s: {waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_savepoints_are_retried_with_doubling_backoff_until_attempts_are_spent() {
+        let fake = Fake::with(&[Answer::Fail, Answer::Fail, Answer::Fail, Answer::Complete]);
+        let app = app(fake.clone());
+        let slot = slot();
+        let started = Instant::now();
+        let outcome = run_slot(&app, slot, false, &CancellationToken::new()).await;
+        assert!(
+            matches!(&outcome, Outcome::Failed(Failure::Failed { id, .. }) if id == "sp-3"),
+            "{outcome:?}"
+        );
+        assert_eq!(fake.attempts(), [1, 2, 3], "maxAttempts 3");
+        let waited = started.elapsed();
+        assert!(
+            (Duration::from_secs(90)..Duration::from_secs(100)).contains(&waited),
+            "30 s, then 60 s: {waited:?}"
+        );
+        // A second run for the slot (a restart, a second `once`) finds the attempts spent.
+        let again = run_slot(&app, slot, false, &CancellationToken::new()).await;
+        assert!(matches!(again, Outcome::Failed(_)), "{again:?}");
+        assert_eq!(fake.attempts().len(), 3, "nothing more was triggered");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_in_flight_is_followed_and_a_completed_slot_is_left_alone() {
+        let fake = Fake::with(&[]);
+        let slot = slot();
+        fake.savepoints.lock().unwrap().push(savepoint(
+            "earlier",
+            State::InProgress,
+            Some(slot),
+            Utc::now(),
+        ));
+        let app = app(fake.clone());
+        let outcome = run_slot(&app, slot, false, &CancellationToken::new()).await;
+        assert!(
+            matches!(&outcome, Outcome::Completed { adopted: true, savepoint } if savepoint.id == "earlier"),
+            "{outcome:?}"
+        );
+        let outcome = run_slot(&app, slot, false, &CancellationToken::new()).await;
+        assert!(matches!(outcome, Outcome::AlreadyDone(_)), "{outcome:?}");
+        assert!(fake.attempts().is_empty(), "nothing triggered");
+    }
+}
