@@ -657,13 +657,13 @@ mod tests {
 
     /// What the fake does with one trigger.
     #[derive(Debug, Clone, Copy, PartialEq)]
-    enum Answer {
+    enum Reply {
         /// Makes the savepoint; it completes at the first poll.
         Complete,
         /// Makes the savepoint; it fails at the first poll.
         Fail,
         /// Makes the savepoint, then the answer is lost.
-        LoseAnswer,
+        Lost,
         /// A 503 from a proxy; nothing is made.
         Unavailable,
     }
@@ -671,7 +671,7 @@ mod tests {
     #[derive(Default)]
     struct Fake {
         savepoints: Mutex<Vec<Savepoint>>,
-        answers: Mutex<VecDeque<Answer>>,
+        answers: Mutex<VecDeque<Reply>>,
         /// The attempt numbers triggered, in order.
         attempts: Mutex<Vec<u32>>,
         /// Per savepoint id: whether it fails when polled.
@@ -679,7 +679,7 @@ mod tests {
     }
 
     impl Fake {
-        fn with(answers: &[Answer]) -> Arc<Fake> {
+        fn with(answers: &[Reply]) -> Arc<Fake> {
             let fake = Fake::default();
             fake.answers.lock().unwrap().extend(answers);
             Arc::new(fake)
@@ -737,18 +737,18 @@ mod tests {
                 .lock()
                 .unwrap()
                 .pop_front()
-                .unwrap_or(Answer::Complete);
-            if answer == Answer::Unavailable {
+                .unwrap_or(Reply::Complete);
+            if reply == Reply::Unavailable {
                 return Err(error(Some(503)));
             }
             let id = format!("sp-{}", self.count() + 1);
             let made = savepoint(&id, State::InProgress, Some(request.slot), Utc::now());
             self.savepoints.lock().unwrap().push(made.clone());
-            if answer == Answer::Fail {
+            if reply == Reply::Fail {
                 self.failing.lock().unwrap().push(id);
             }
-            match answer {
-                Answer::LoseAnswer => Err(error(None)),
+            match reply {
+                Reply::Lost => Err(error(None)),
                 _ => Ok(made),
             }
         }
@@ -855,7 +855,7 @@ mod tests {
         let two = [failed.clone(), abandoned];
         assert!(step(&two, 0).starts_with("Trigger { attempt: 3"));
         assert!(step(&two, 3).starts_with("Exhausted { spent: 3"));
-        assert!(step(&[failed.clone()], 2).starts_with("Trigger { attempt: 3"));
+        assert!(step(std::slice::from_ref(&failed), 2).starts_with("Trigger { attempt: 3"));
         // Another slot's savepoints count for nothing.
         let elsewhere = savepoint("x", State::Failed, Some(slot - TimeDelta::hours(1)), young);
         assert!(step(&[elsewhere], 0).starts_with("Trigger { attempt: 1"));
@@ -863,7 +863,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_trigger_whose_answer_was_lost_is_adopted_at_once_and_never_sent_again() {
-        let fake = Fake::with(&[Answer::LoseAnswer]);
+        let fake = Fake::with(&[Reply::Lost]);
         let app = app(fake.clone());
         let started = Instant::now();
         let outcome = run_slot(&app, slot(), false, &CancellationToken::new()).await;
@@ -882,7 +882,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_trigger_that_made_nothing_is_an_attempt_retried_after_the_backoff() {
-        let fake = Fake::with(&[Answer::Unavailable, Answer::Complete]);
+        let fake = Fake::with(&[Reply::Unavailable, Reply::Complete]);
         let app = app(fake.clone());
         let started = Instant::now();
         let outcome = run_slot(&app, slot(), false, &CancellationToken::new()).await;
@@ -901,7 +901,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn failed_savepoints_are_retried_with_doubling_backoff_until_attempts_are_spent() {
-        let fake = Fake::with(&[Answer::Fail, Answer::Fail, Answer::Fail, Answer::Complete]);
+        let fake = Fake::with(&[Reply::Fail, Reply::Fail, Reply::Fail, Reply::Complete]);
         let app = app(fake.clone());
         let slot = slot();
         let started = Instant::now();
