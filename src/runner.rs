@@ -732,7 +732,7 @@ mod tests {
             request: &TriggerRequest<'_>,
         ) -> PlatformResult<Savepoint> {
             self.attempts.lock().unwrap().push(request.attempt);
-            let answer = self
+            let reply = self
                 .answers
                 .lock()
                 .unwrap()
