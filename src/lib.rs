@@ -7,18 +7,22 @@
 //! - [`config`]: the YAML file and `SAVEPOINTD_*` overrides, validated into [`config::Config`]; every error
 //!   names its field path.
 //! - [`schedule`]: pure schedule arithmetic (cron in a timezone, `@every`, `@daily-random`); takes `now`.
-//! - [`platform`]: the [`platform::Platform`] trait and the platform-neutral savepoint model;
-//!   `platform/http.rs` is the shared HTTP plumbing (TLS, tokens, retries, API metrics) and
-//!   `platform/vvp.rs` and `platform/flink.rs` are the one place each that knows Ververica Platform's and
-//!   Flink's JobManager REST wire formats.
-//! - [`resolve`]: application name -> [`platform::Target`], from a Kubernetes pod watch cache
+//! - [`model`]: the leaf every part shares: [`model::Target`] (with its application),
+//!   [`model::Savepoint`] as any platform reports it (with the platform's own reason to keep it,
+//!   `protected`), resolution errors, and name sanitising.
+//! - [`platform`]: the [`platform::Platform`] trait. `platform/http.rs` is the shared HTTP plumbing (TLS,
+//!   tokens, API metrics, and resending only what never left); `platform/vvp.rs` and `platform/flink/`
+//!   (`wire.rs` the REST format, `storage.rs` the slot directories, `failure.rs` Flink's failure causes)
+//!   are the one place each that knows Ververica Platform's and Flink's formats and refusal rules.
+//! - [`resolve`]: application name -> [`model::Target`], from a Kubernetes pod watch cache
 //!   (`resolve/pods.rs`) or through the platform's API.
-//! - [`retention`]: the pure retention planner: which savepoints to delete and why each other one stays.
+//! - [`retention`]: the pure, platform-neutral retention planner: which savepoints to delete and why each
+//!   other one stays.
 //! - [`prune`]: executes a retention plan through the platform (after every successful savepoint, and
 //!   for `savepointd prune`), counting deletions and refusals.
 //! - [`runtime`]: wires a config to live platform clients, resolvers and per-platform permit pools.
-//! - [`runner`]: one slot of one application: resolve, guard, trigger, wait, retry; adoption after a
-//!   restart.
+//! - [`runner`]: one slot of one application: the pure [`runner::next_step`] over the platform's records,
+//!   then trigger, wait, retry; adoption of a slot's savepoint after a restart or a lost answer.
 //! - [`scheduler`]: one loop per application that fires its slots; shutdown with a grace period.
 //! - [`metrics`]: the Prometheus metric set; [`server`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`commands`]: what the CLI subcommands print (`check-config`, `status`, `resolve`, `once`, `prune`).

@@ -108,7 +108,9 @@ fn main() -> ExitCode {
 }
 
 async fn execute(command: Command, config: Config) -> anyhow::Result<bool> {
-    // `once` and `prune` stop between deletions and start nothing new after SIGTERM or SIGINT.
+    // One listener for SIGTERM and SIGINT, installed before anything else: `run` shuts down, `once` and
+    // `prune` stop between deletions and start nothing new. (A second listener installed later would
+    // miss a signal that came in between.)
     let shutdown = CancellationToken::new();
     tokio::spawn({
         let shutdown = shutdown.clone();
@@ -119,7 +121,7 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<bool> {
     });
     let (text, ok) = match command {
         Command::Run => {
-            savepointd::run(config, savepointd::shutdown::signal())
+            savepointd::run(config, shutdown.clone().cancelled_owned())
                 .await
                 .context("daemon failed")?;
             return Ok(true);

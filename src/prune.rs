@@ -72,7 +72,9 @@ pub async fn prune(
     if dry_run {
         return Ok(report);
     }
-    let deletions: Vec<_> = report.plan.deletions().cloned().collect();
+    // Oldest first, as the cap chooses them: a run cut short by shutdown leaves the newer ones.
+    let mut deletions: Vec<_> = report.plan.deletions().cloned().collect();
+    deletions.reverse();
     let mut completed_left = 0;
     for (done, d) in deletions.iter().enumerate() {
         if shutdown.is_cancelled() {

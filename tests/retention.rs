@@ -284,3 +284,97 @@ async fn the_daemon_prunes_after_every_successful_savepoint_and_counts_refusals(
         "old savepoints were pruned as new ones came: {completed}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_whose_answer_was_lost_is_a_deletion_not_a_failure() {
+    let f = fixture(VvpSimOptions::default()).await;
+    for (id, days) in [("old", 3), ("newer", 2), ("newest", 1)] {
+        f.vvp.seed_savepoint(savepoint(
+            id,
+            days,
+            "COMPLETED",
+            "USER_REQUEST",
+            "FULL",
+            true,
+        ));
+    }
+    let c = config(&f, "{ keepLast: 2 }");
+    // VVP accepts the DELETE, then the connection resets before its answer arrives.
+    f.vvp.lose_next_answers_to("DELETE", 1);
+    let (text, ok) = commands::prune(&c, &[], false, Output::Table, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(ok, "{text}");
+    assert!(text.contains("1 deleted, 0 not deleted"), "{text}");
+    let sent: Vec<_> = f
+        .vvp
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "DELETE")
+        .collect();
+    assert_eq!(sent.len(), 1, "not sent again into a 409: {sent:#?}");
+    assert!(sent[0].lost);
+    let left: Vec<String> = f
+        .vvp
+        .savepoints()
+        .iter()
+        .map(|s| s["metadata"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(left, ["newer", "newest"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prune_stops_between_deletions_when_shutdown_begins() {
+    let f = fixture(VvpSimOptions {
+        delete_after: Duration::from_millis(600),
+        ..Default::default()
+    })
+    .await;
+    for (id, days) in [("a", 5), ("b", 4), ("c", 3), ("newest", 1)] {
+        f.vvp.seed_savepoint(savepoint(
+            id,
+            days,
+            "COMPLETED",
+            "USER_REQUEST",
+            "FULL",
+            true,
+        ));
+    }
+    let c = config(&f, "{ keepLast: 1 }");
+    let shutdown = CancellationToken::new();
+    let stop = {
+        let (shutdown, vvp) = (shutdown.clone(), &f.vvp);
+        async move {
+            // SIGTERM while the first deletion is being followed.
+            eventually(Duration::from_secs(10), || async {
+                vvp.requests()
+                    .iter()
+                    .any(|r| r.method == "DELETE")
+                    .then_some(())
+            })
+            .await;
+            shutdown.cancel();
+        }
+    };
+    let ((text, ok), ()) = tokio::join!(
+        async {
+            commands::prune(&c, &[], false, Output::Table, &shutdown)
+                .await
+                .unwrap()
+        },
+        stop
+    );
+    assert!(!ok, "an interrupted prune is not ok: {text}");
+    assert_eq!(
+        deletes(&f),
+        ids(&["a"]),
+        "the deletion under way was finished, no other started"
+    );
+    let left: Vec<String> = f
+        .vvp
+        .savepoints()
+        .iter()
+        .map(|s| s["metadata"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(left, ["b", "c", "newest"], "a is gone, whole");
+}

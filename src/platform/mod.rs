@@ -1,5 +1,5 @@
-//! Platforms: one trait, one implementation per API (`vvp.rs`, `flink.rs`), and the platform-neutral savepoint model
-//! the runner, retention and the CLI work with. A platform's wire format lives in its own file only.
+//! Platforms: one trait, one implementation per API (`vvp.rs`, `flink/`), the HTTP plumbing they share
+//! (`http.rs`), and how a configured platform becomes a client. A wire format lives in its own module only.
 
 pub mod flink;
 pub mod http;
