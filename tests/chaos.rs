@@ -209,6 +209,7 @@ async fn slots_stay_single_and_retention_safe_under_faults_and_kills() {
 
     let mut logs = vec![dir.path().join("daemon-0.log")];
     let mut daemon = start(&config, &logs[0]);
+    let mut started = Instant::now();
     let mut crashes = Vec::new();
     let end = Instant::now() + Duration::from_secs(seconds);
     loop {
@@ -227,7 +228,11 @@ async fn slots_stay_single_and_retention_safe_under_faults_and_kills() {
         tokio::time::sleep(kills.between(DOWN.0, DOWN.1)).await;
         logs.push(dir.path().join(format!("daemon-{}.log", logs.len())));
         daemon = start(&config, logs.last().unwrap());
+        started = Instant::now();
     }
+    // The last daemon gets SIGTERM only once it has been up a while: a signal in the first
+    // milliseconds of a process, before it could install its handler, ends it by default.
+    tokio::time::sleep_until((started + UP.0).into()).await;
     if let Some(status) = daemon.try_wait().unwrap() {
         crashes.push((logs.len() - 1, status));
     }
