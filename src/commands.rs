@@ -358,26 +358,14 @@ pub async fn once(
     let mut ok = true;
     if dry_run {
         for app in apps {
-            let (outcome, detail) = match app.resolver.resolve(&app.config.name).await {
-                Ok(target) if app.config.paused => {
-                    ("would skip".into(), format!("paused ({})", target.id))
-                }
-                Ok(target) => match app.platform.list(&target).await {
-                    Ok(h) => match h.iter().find(|s| s.state.is_in_flight()) {
-                        Some(s) => ("would skip".into(), format!("savepoint {} in flight", s.id)),
-                        None => ("would trigger".into(), format!("deployment {}", target.id)),
-                    },
-                    Err(e) => {
-                        ok = false;
-                        ("error".to_owned(), e.to_string())
-                    }
-                },
-                Err(e) => {
-                    ok = false;
-                    ("unresolved".to_owned(), e.to_string())
-                }
-            };
-            t.add_row(vec![app.config.name.clone(), outcome, "-".into(), detail]);
+            let (outcome, detail) = dry_run_of(&app, now).await;
+            ok &= !matches!(outcome, "error" | "unresolved");
+            t.add_row(vec![
+                app.config.name.clone(),
+                outcome.into(),
+                "-".into(),
+                detail,
+            ]);
         }
         return Ok((format!("dry run: nothing was triggered\n{t}\n"), ok));
     }
@@ -424,6 +412,60 @@ pub async fn once(
         t.add_row(vec![app.config.name.clone(), what.into(), id, detail]);
     }
     Ok((format!("{t}\n"), ok))
+}
+
+/// What `once` would do for one application, from the same look at the platform's records.
+async fn dry_run_of(app: &App, now: DateTime<Utc>) -> (&'static str, String) {
+    let c = &app.config;
+    let target = match app.resolver.resolve(&c.name).await {
+        Ok(target) => target,
+        Err(e) => return ("unresolved", e.to_string()),
+    };
+    if c.paused {
+        return ("would skip", format!("paused ({})", target.id));
+    }
+    let slot = match runner::due_slot(c, now) {
+        Ok(slot) => slot,
+        Err(skip) => return ("would skip", skip.to_string()),
+    };
+    let history = match app.platform.list(&target).await {
+        Ok(h) => h,
+        Err(e) => return ("error", e.to_string()),
+    };
+    let step = runner::next_step(
+        &history,
+        &c.name,
+        slot,
+        0,
+        c.retry.max_attempts,
+        c.timeout,
+        now,
+    );
+    let at = format!("slot {}", rfc3339(slot));
+    match step {
+        runner::Step::Done(s) => ("would do nothing", format!("{at} has savepoint {}", s.id)),
+        runner::Step::Follow(s) => (
+            "would follow",
+            format!("{at}: savepoint {} in flight", s.id),
+        ),
+        runner::Step::Stuck(s) => (
+            "would fail",
+            format!(
+                "{at}: savepoint {} in flight for longer than {}",
+                s.id,
+                humantime::format_duration(c.timeout)
+            ),
+        ),
+        runner::Step::Busy(s) => ("would skip", format!("savepoint {} in flight", s.id)),
+        runner::Step::Exhausted { spent } => (
+            "would fail",
+            format!("{at}: {spent} attempts failed already"),
+        ),
+        runner::Step::Trigger { attempt, .. } => (
+            "would trigger",
+            format!("{at}, attempt {attempt}, on {}", target.id),
+        ),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -422,12 +422,18 @@ pub fn check_files(config: &Config) -> Result<()> {
         }
         if let Some(ca) = &p.ca_file {
             let shown = ca.display().to_string();
-            match std::fs::read_to_string(ca) {
-                Ok(pem) if !pem.contains("-----BEGIN CERTIFICATE-----") => problems.push(
-                    format!("{path}.tls.caFile"),
-                    Some(&shown),
-                    "holds no PEM certificate",
-                ),
+            // As the HTTP client will read it: a bundle that parses, with a certificate in it.
+            match std::fs::read(ca) {
+                Ok(pem)
+                    if !reqwest::Certificate::from_pem_bundle(&pem)
+                        .is_ok_and(|c| !c.is_empty()) =>
+                {
+                    problems.push(
+                        format!("{path}.tls.caFile"),
+                        Some(&shown),
+                        "holds no PEM certificate",
+                    )
+                }
                 Ok(_) => {}
                 Err(e) => problems.push(
                     format!("{path}.tls.caFile"),

@@ -348,8 +348,10 @@ async fn attempts(
             config.timeout,
             Utc::now(),
         );
+        // The error of a trigger whose answer did not arrive: this look at the records settles it.
+        let lost = unsure.take();
         let result = match step {
-            Step::Done(done) if unsure.take().is_some() => {
+            Step::Done(done) if lost.is_some() => {
                 info!(savepoint_id = %done.id, "the lost trigger made the slot's savepoint; it completed");
                 Ok(adopted_completion(app, done.clone()))
             }
@@ -358,7 +360,7 @@ async fn attempts(
                 return Ok(Outcome::AlreadyDone(done.clone()));
             }
             Step::Follow(flying) => {
-                if unsure.take().is_some() {
+                if lost.is_some() {
                     info!(savepoint_id = %flying.id, "the lost trigger made the slot's savepoint; following it");
                 } else {
                     info!(savepoint_id = %flying.id, "adopting the slot's savepoint in flight");
@@ -374,10 +376,10 @@ async fn attempts(
                     id: other.id.clone(),
                 }));
             }
-            Step::Exhausted { .. } | Step::Trigger { .. } if unsure.is_some() => {
+            Step::Exhausted { .. } | Step::Trigger { .. } if lost.is_some() => {
                 // The trigger whose answer was lost did not reach the platform after all. That was an
                 // attempt; retry after the backoff, with a fresh look at the records.
-                let failure = unsure.take().expect("checked");
+                let failure = lost.expect("checked by the guard");
                 drop(permit);
                 spent += 1;
                 match wait_to_retry(app, failure, spent, shutdown).await {

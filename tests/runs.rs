@@ -336,6 +336,22 @@ async fn dry_run_triggers_nothing() {
         "{text}"
     );
     assert_eq!(posts(&f), 0);
+    // Once the slot has its savepoint, the dry run says so, as the real run would find it.
+    let (done, ok) = once(&c, &["payments"]).await;
+    assert!(ok, "{done}");
+    let (text, ok) = commands::once(&c, &[], true, true, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(ok);
+    let id = f.vvp.triggers()[0]["metadata"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        text.contains("would do nothing") && text.contains(&id),
+        "{text}"
+    );
+    assert_eq!(posts(&f), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -593,6 +593,22 @@ def savepointd_bin() -> str:
     pytest.fail("cargo build succeeded but reported no savepointd executable")
 
 
+# A self-signed certificate (CN vvp.example.com) standing in for a mounted CA bundle: the daemon reads
+# and parses tls.caFile when it checks a config.
+TEST_CA_PEM = """-----BEGIN CERTIFICATE-----
+MIIBizCCATGgAwIBAgIUXMHbFXHzENGQzh4uRs8kcidw7T0wCgYIKoZIzj0EAwIw
+GjEYMBYGA1UEAwwPdnZwLmV4YW1wbGUuY29tMCAXDTI2MTIwMjEyNTgyNFoYDzIx
+MjYxMTA4MTI1ODI0WjAaMRgwFgYDVQQDDA92dnAuZXhhbXBsZS5jb20wWTATBgcq
+hkjOPQIBBggqhkjOPQMBBwNCAATej2Ei9WAVXkptT8/XtwkE7EFvu8ZDhEF6er2v
+m7F95pWzi+0RHepOdL0YGlB7VIS/hIbPVFSdsbFsDcNGIPJFo1MwUTAdBgNVHQ4E
+FgQUz9TCfpcJ9SOp1/+I1oVsN7YbC8owHwYDVR0jBBgwFoAUz9TCfpcJ9SOp1/+I
+1oVsN7YbC8owDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNIADBFAiAx7WJO
+v7Z9JbBBe8/JgqCQsDiHMVfgC8pGuM/fRoe16wIhAKJVILmQkDn8FCzuRNpVBaq6
+UD1hy3CDt+xKMLC5KGRZ
+-----END CERTIFICATE-----
+"""
+
+
 @pytest.mark.parametrize("name", VALUE_SETS)
 def test_daemon_check_config_accepts_the_rendered_config(chart, savepointd_bin, name, tmp_path):
     sentinel = "tok-5b2c-never-printed"
@@ -602,10 +618,14 @@ def test_daemon_check_config_accepts_the_rendered_config(chart, savepointd_bin, 
     config = yaml.safe_load(text)
     # What the pod would find in its mounted Secrets and ConfigMaps.
     for platform in config["platforms"]:
-        for path in ((platform.get("auth") or {}).get("tokenFile"), (platform.get("tls") or {}).get("caFile")):
+        mounted = (
+            ((platform.get("auth") or {}).get("tokenFile"), sentinel + "\n"),
+            ((platform.get("tls") or {}).get("caFile"), TEST_CA_PEM),
+        )
+        for path, content in mounted:
             if path and path.startswith(str(mount)):
                 pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-                pathlib.Path(path).write_text(sentinel + "\n")
+                pathlib.Path(path).write_text(content)
     config_file = tmp_path / "config.yaml"
     config_file.write_text(text)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAVEPOINTD_")}
