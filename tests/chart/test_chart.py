@@ -324,6 +324,12 @@ def test_cronjob_mode(chart):
     assert container["args"] == ["once", "--config", "/etc/savepointd/config.yaml", "--no-prune"]
     assert "livenessProbe" not in container and "ports" not in container
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # `once` runs each application's latest slot: every application gets the CronJob's schedule, so the
+    # slot is the Job's and a retried Job finds its savepoint.
+    config = yaml.safe_load(chartlib.config_text(objects))
+    assert config["applications"]
+    for app in config["applications"]:
+        assert (app["schedule"], app["timezone"]) == ("0 1 * * *", "Europe/Berlin"), app
 
 
 def test_network_policy_admits_only_the_metrics_port(chart):

@@ -149,7 +149,17 @@ references become the paths where the pod mounts them, so no token ever reaches 
 {{- end }}
 {{- $applications := list }}
 {{- range .Values.applications }}
-{{- $applications = append $applications (kindIs "string" . | ternary (dict "name" .) .) }}
+{{- $a := kindIs "string" . | ternary (dict "name" .) (deepCopy .) }}
+{{- if eq $.Values.mode "cronjob" }}
+{{- /* `savepointd once` runs each application's latest slot of its schedule, so that a retried or
+duplicated Job meets the slot's savepoint instead of making another: here every application's schedule
+is the CronJob's. The controller's timezone is UTC unless cronjob.timeZone says otherwise, and a Job whose
+pod starts late (an image pull) still finds its slot. */}}
+{{- $_ := set $a "schedule" $.Values.cronjob.schedule }}
+{{- $_ := set $a "timezone" ($.Values.cronjob.timeZone | default "UTC") }}
+{{- $_ := set $a "startingDeadline" "24h" }}
+{{- end }}
+{{- $applications = append $applications $a }}
 {{- end }}
 {{- /* One toYaml per section keeps them in the order of the documentation. */}}
 {{- toYaml (dict "server" $server) }}
