@@ -526,11 +526,18 @@ fn prune_table(report: &crate::prune::Report, platform: &str, now: DateTime<Utc>
     let head = if report.dry_run {
         format!("{to_delete} would be deleted (dry run: nothing was deleted)")
     } else {
-        format!(
+        let mut head = format!(
             "{} deleted, {} not deleted",
             report.deleted.len(),
             report.failed.len()
-        )
+        );
+        if report.interrupted > 0 {
+            head.push_str(&format!(
+                ", {} left for the next run (shutting down)",
+                report.interrupted
+            ));
+        }
+        head
     };
     let mut t = table(&[
         "savepoint",

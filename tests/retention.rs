@@ -365,6 +365,10 @@ async fn a_prune_stops_between_deletions_when_shutdown_begins() {
         stop
     );
     assert!(!ok, "an interrupted prune is not ok: {text}");
+    assert!(
+        text.contains("1 deleted, 0 not deleted, 2 left for the next run (shutting down)"),
+        "{text}"
+    );
     assert_eq!(
         deletes(&f),
         ids(&["a"]),
