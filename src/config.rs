@@ -75,8 +75,52 @@ pub struct File {
     pub defaults: DefaultsFile,
     #[serde(default)]
     pub platforms: Vec<PlatformFile>,
-    #[serde(default)]
+    /// Each an object, or a bare name that takes everything from `defaults` (the chart's short form).
+    #[serde(default, deserialize_with = "application_entries")]
     pub applications: Vec<ApplicationFile>,
+}
+
+/// `applications` entries: `- fraud-detection` is `- name: fraud-detection`.
+fn application_entries<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<Vec<ApplicationFile>, D::Error> {
+    struct Entry(ApplicationFile);
+
+    impl<'de> Deserialize<'de> for Entry {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+            d.deserialize_any(EntryVisitor)
+        }
+    }
+
+    struct EntryVisitor;
+
+    impl<'de> serde::de::Visitor<'de> for EntryVisitor {
+        type Value = Entry;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an application name, or a map with its name and settings")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, name: &str) -> std::result::Result<Entry, E> {
+            Ok(Entry(ApplicationFile {
+                name: name.to_owned(),
+                ..Default::default()
+            }))
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            map: A,
+        ) -> std::result::Result<Entry, A::Error> {
+            ApplicationFile::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                .map(Entry)
+        }
+    }
+
+    Ok(Vec::<Entry>::deserialize(deserializer)?
+        .into_iter()
+        .map(|e| e.0)
+        .collect())
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -526,9 +570,10 @@ fn figment_problem(error: figment::Error) -> Problem {
             }
             (None, "missing required field".to_owned())
         }
-        Kind::InvalidType(actual, expected) => {
-            (Some(actual.to_string()), format!("expected {expected}"))
-        }
+        Kind::InvalidType(actual, expected) => (
+            Some(actual.to_string()),
+            format!("expected {}", plain_expected(expected)),
+        ),
         Kind::InvalidValue(actual, expected) => {
             (Some(actual.to_string()), format!("expected {expected}"))
         }
@@ -542,6 +587,17 @@ fn figment_problem(error: figment::Error) -> Problem {
         },
         value,
         reason,
+    }
+}
+
+/// serde names the Rust type it wanted ("struct RetryFile"); an operator wants the shape.
+fn plain_expected(expected: &str) -> String {
+    if expected.starts_with("struct ") || expected.starts_with("a map") {
+        "a map of fields (key: value)".to_owned()
+    } else if expected.starts_with("a sequence") {
+        "a list".to_owned()
+    } else {
+        expected.to_owned()
     }
 }
 
@@ -596,6 +652,11 @@ impl Problems {
                     self.push(path, Some(text), "must be greater than zero");
                     default
                 }
+                // Far beyond any use, and a deadline computed from it would overflow a clock.
+                Ok(d) if d > MAX_DURATION => {
+                    self.push(path, Some(text), "must be at most 100y");
+                    default
+                }
                 Ok(d) => d,
                 Err(e) => {
                     self.push(
@@ -609,6 +670,9 @@ impl Problems {
         }
     }
 }
+
+/// The longest duration any field takes: 100 years.
+const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400 + 25 * 86_400);
 
 impl File {
     pub fn validate(&self) -> Result<Config> {
@@ -786,6 +850,23 @@ impl PlatformFile {
             }
         };
         let url = match reqwest::Url::parse(&self.url) {
+            // Every error and log line names the URL: a secret in it would leak everywhere.
+            Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+                problems.push(
+                    format!("{path}.url"),
+                    Some(&redacted(&u)),
+                    "must not carry credentials (they would appear in every log line); use auth.tokenFile or auth.tokenEnv",
+                );
+                None
+            }
+            Ok(u) if u.query().is_some() || u.fragment().is_some() => {
+                problems.push(
+                    format!("{path}.url"),
+                    Some(&redacted(&u)),
+                    "must not carry a query string or fragment (a token in it would appear in every log line)",
+                );
+                None
+            }
             Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u),
             Ok(_) => {
                 problems.push(
@@ -954,6 +1035,16 @@ impl PlatformFile {
             }
         }
     }
+}
+
+/// A URL as it may be shown: scheme, host, port and path, nothing that could hold a secret.
+fn redacted(url: &reqwest::Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.set_query(None);
+    shown.set_fragment(None);
+    format!("{shown} (credentials, query and fragment not shown)")
 }
 
 /// A light syntax check of a Kubernetes label selector, so a typo fails at load and not as a 400 from

@@ -152,8 +152,11 @@ fn init_tracing(format: Option<LogFormat>) {
         Some(LogFormat::Text) => false,
         None => !std::io::stderr().is_terminal(),
     };
+    // Colour only for a person at a terminal, and never when NO_COLOR is set (no-color.org).
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if json {
         builder

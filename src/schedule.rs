@@ -86,6 +86,20 @@ impl Schedule {
         let cron = parser()
             .parse(spec)
             .map_err(|e| format!("not a cron expression: {e}"))?;
+        // `0 0 30 2 *` parses but never fires: a daemon with it would wait for ever and say nothing.
+        // Eight years from a leap year see every date a Gregorian calendar has.
+        let probe = Utc
+            .with_ymd_and_hms(2024, 1, 1, 0, 0, 0)
+            .single()
+            .expect("a valid date");
+        let fires = cron
+            .find_next_occurrence(&probe, false)
+            .is_ok_and(|t| t < probe + TimeDelta::days(8 * 366));
+        if !fires {
+            return Err(
+                "never fires: no date matches it (is the day of month in that month?)".into(),
+            );
+        }
         Ok(Schedule::Cron {
             spec: spec.to_owned(),
             cron: Box::new(cron),

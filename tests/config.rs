@@ -99,6 +99,36 @@ fn wrong_types_name_the_field() {
         &with_apps("  - name: a\n    paused: \"yes please\"\n"),
         &["applications[0].paused", "yes please", "boolean"],
     );
+    // No Rust type name reaches the operator.
+    let text = problems(&with_apps("  - name: a\n    retry: 3\n"));
+    assert!(
+        text.contains("applications[0].retry") && text.contains("a map of fields"),
+        "{text}"
+    );
+    assert!(!text.contains("struct"), "{text}");
+    let text = problems(&with_apps("  - [a, b]\n"));
+    assert!(text.contains("an application name, or a map"), "{text}");
+}
+
+#[test]
+fn a_bare_name_in_applications_takes_everything_from_defaults() {
+    let config = config::from_yaml(&format!(
+        "{PLATFORM}defaults:\n  schedule: \"0 2 * * *\"\napplications:\n  - fraud-scoring\n  - name: payments\n    paused: true\n"
+    ))
+    .unwrap();
+    let names: Vec<_> = config
+        .applications
+        .iter()
+        .map(|a| a.name.as_str())
+        .collect();
+    assert_eq!(names, ["fraud-scoring", "payments"]);
+    assert_eq!(config.applications[0].schedule.to_string(), "0 2 * * *");
+    assert!(!config.applications[0].paused && config.applications[1].paused);
+    // Unknown fields of the long form are still refused, with their path.
+    assert_names(
+        &with_apps("  - name: a\n    schedul: x\n"),
+        &["applications[0].schedul", "unknown field"],
+    );
 }
 
 #[test]
@@ -109,6 +139,8 @@ fn bad_cron_expressions() {
         ("61 * * * *", "not a cron expression"),
         ("@fortnightly", "unknown alias"),
         ("@every soon", "@every needs a duration"),
+        ("0 0 30 2 *", "never fires"),
+        ("0 0 31 4,6,9,11 *", "never fires"),
     ] {
         assert_names(
             &with_apps(&format!(
@@ -117,6 +149,13 @@ fn bad_cron_expressions() {
             &["applications[1].schedule", schedule, reason],
         );
     }
+}
+
+#[test]
+fn a_schedule_that_fires_only_in_leap_years_is_accepted() {
+    let config =
+        config::from_yaml(&with_apps("  - name: a\n    schedule: \"0 0 29 2 *\"\n")).unwrap();
+    assert_eq!(config.applications[0].schedule.to_string(), "0 0 29 2 *");
 }
 
 #[test]
@@ -161,6 +200,14 @@ fn bad_durations() {
         &format!("server:\n  shutdownGrace: soon\n{PLATFORM}"),
         &["server.shutdownGrace", "soon"],
     );
+    for huge in ["101y", "500000000000y"] {
+        let text = problems(&with_apps(&format!("  - name: a\n    timeout: {huge}\n")));
+        assert!(text.contains("applications[0].timeout"), "{text}");
+        assert!(
+            text.contains("at most 100y") || text.contains("not a duration"),
+            "{text}"
+        );
+    }
 }
 
 #[test]
@@ -241,6 +288,34 @@ fn platform_fields() {
     assert_names(
         &platform("    targetDirectory: file:///x\n"),
         &["platforms[0].targetDirectory", "only for kind flink"],
+    );
+    // Secrets in a URL would be in every error and log line: refused, and not repeated in the error.
+    for (url, reason) in [
+        (
+            "https://admin:s3cr3t@vvp.example.com",
+            "must not carry credentials",
+        ),
+        (
+            "https://vvp.example.com/?token=s3cr3t",
+            "must not carry a query string",
+        ),
+    ] {
+        let text = problems(&format!(
+            "platforms:\n  - name: p\n    kind: vvp\n    url: \"{url}\"\n"
+        ));
+        assert!(
+            text.contains("platforms[0].url") && text.contains(reason),
+            "{text}"
+        );
+        assert!(!text.contains("s3cr3t"), "{text}");
+    }
+    assert_names(
+        "platforms:\n  - name: f\n    kind: flink\n    url: http://a\n    targetDirectory: hdfs://nn/sp\n",
+        &[
+            "platforms[0].targetDirectory",
+            "hdfs://nn/sp",
+            "expected file://, s3://, gs:// or az://",
+        ],
     );
 }
 
@@ -451,4 +526,40 @@ applications:
         err.contains("Fraud Detection") && err.contains("fraud-detection"),
         "{err}"
     );
+}
+
+#[test]
+fn text_logs_carry_no_colour_codes_when_not_at_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    // Nothing listens there: the lookup is retried and each retry is logged.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    std::fs::write(
+        &path,
+        format!(
+            "platforms:\n  - name: vvp\n    kind: vvp\n    url: http://127.0.0.1:{port}\n    resolve: {{ via: api }}\napplications:\n  - payments\n"
+        ),
+    )
+    .unwrap();
+    let out = savepointd()
+        .args([
+            "--config",
+            path.to_str().unwrap(),
+            "--log-format",
+            "text",
+            "resolve",
+            "payments",
+        ])
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("sending it again"),
+        "each retry is logged:\n{err}"
+    );
+    assert!(!err.contains('\u{1b}'), "no ANSI escape codes:\n{err}");
 }

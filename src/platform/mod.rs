@@ -159,6 +159,10 @@ pub trait Platform: Send + Sync {
 
 /// Builds the client for one configured platform.
 pub fn connect(platform: &config::Platform, metrics: &Metrics) -> Result<Arc<dyn Platform>> {
+    if platform.auth.is_some() && platform.url.scheme() == "http" {
+        tracing::warn!(platform = %platform.name, url = %platform.url,
+            "the API token is sent over plain http, readable by anyone on the path; use https");
+    }
     let api = http::ApiClient::new(platform, metrics.clone())?;
     Ok(match &platform.kind {
         PlatformKind::Vvp(vvp) => Arc::new(vvp::Vvp::new(api, vvp.namespace.clone())),
