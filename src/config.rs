@@ -160,6 +160,13 @@ pub struct RetryFile {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RetentionFile {
+    /// `retention: off` on an application: no rule applies, inherited or not.
+    #[serde(
+        default,
+        skip_deserializing,
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub off: bool,
     pub keep_last: Option<u32>,
     pub keep_within: Option<String>,
     pub keep_hourly: Option<u32>,
@@ -169,6 +176,15 @@ pub struct RetentionFile {
     pub min_keep: Option<u32>,
     pub scope: Option<String>,
     pub max_deletions_per_run: Option<u32>,
+}
+
+impl RetentionFile {
+    fn off() -> Self {
+        Self {
+            off: true,
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -221,10 +237,60 @@ pub struct ApplicationFile {
     pub timeout: Option<String>,
     pub format_type: Option<String>,
     pub retry: Option<RetryFile>,
+    /// Rules of its own (merged over `defaults.retention` field by field), or `off`: nothing of this
+    /// application is deleted, whatever the defaults say.
+    #[serde(default, deserialize_with = "retention_setting")]
     pub retention: Option<RetentionFile>,
     pub starting_deadline: Option<String>,
     #[serde(default)]
     pub paused: bool,
+}
+
+/// An application's `retention`: a map of rules, or `off` (also `false`).
+fn retention_setting<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<Option<RetentionFile>, D::Error> {
+    struct Setting;
+
+    impl<'de> serde::de::Visitor<'de> for Setting {
+        type Value = Option<RetentionFile>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("retention rules (keepLast, keepWithin, …), or off")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> std::result::Result<Self::Value, E> {
+            match text {
+                "off" => Ok(Some(RetentionFile::off())),
+                other => Err(E::invalid_value(serde::de::Unexpected::Str(other), &self)),
+            }
+        }
+
+        fn visit_bool<E: serde::de::Error>(self, on: bool) -> std::result::Result<Self::Value, E> {
+            if on {
+                Err(E::invalid_value(serde::de::Unexpected::Bool(true), &self))
+            } else {
+                Ok(Some(RetentionFile::off()))
+            }
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> std::result::Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            map: A,
+        ) -> std::result::Result<Self::Value, A::Error> {
+            RetentionFile::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
+        }
+    }
+
+    deserializer.deserialize_any(Setting)
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1262,6 +1328,8 @@ fn validate_retention(
     defaults: Option<&RetentionFile>,
     problems: &mut Problems,
 ) -> Retention {
+    // Off: nothing is inherited, so no keep rule is set and nothing is deleted.
+    let defaults = defaults.filter(|_| !own.is_some_and(|r| r.off));
     let count = |name: &str, get: fn(&RetentionFile) -> &Option<u32>| {
         field(path, "retention", own, defaults, name, get).map_or(0, |(_, v)| v)
     };

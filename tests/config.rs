@@ -563,3 +563,35 @@ fn text_logs_carry_no_colour_codes_when_not_at_a_terminal() {
     );
     assert!(!err.contains('\u{1b}'), "no ANSI escape codes:\n{err}");
 }
+
+#[test]
+fn an_application_can_turn_inherited_retention_off() {
+    let config = config::from_yaml(&format!(
+        "{PLATFORM}defaults:\n  retention: {{ keepLast: 7, keepWithin: 30d }}\napplications:\n  - name: kept\n  - name: archive\n    retention: off\n  - name: also\n    retention: false\n  - name: fewer\n    retention: {{ keepLast: 3 }}\n"
+    ))
+    .unwrap();
+    let on: Vec<(&str, bool)> = config
+        .applications
+        .iter()
+        .map(|a| (a.name.as_str(), a.retention.is_enabled()))
+        .collect();
+    assert_eq!(
+        on,
+        [
+            ("kept", true),
+            ("archive", false),
+            ("also", false),
+            ("fewer", true)
+        ]
+    );
+    let fewer = &config.applications[3].retention;
+    assert_eq!(fewer.keep_last, 3);
+    assert!(
+        fewer.keep_within.is_some(),
+        "the other rules are still inherited"
+    );
+    assert_names(
+        &with_apps("  - name: a\n    retention: sometimes\n"),
+        &["applications[0].retention", "sometimes", "or off"],
+    );
+}
