@@ -43,6 +43,14 @@ fn table(header: &[&str]) -> Table {
     t
 }
 
+/// An enum value as the platform spells it (`FULL`, `USER_REQUEST`), as in JSON output.
+fn wire_name(value: &impl Serialize) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
@@ -115,11 +123,7 @@ pub fn check_config(config: &Config, now: DateTime<Utc>) -> String {
             Cell::new(schedule),
             Cell::new(a.timezone.name()),
             Cell::new(next.join("\n")),
-            Cell::new(if a.retention.is_enabled() {
-                "on"
-            } else {
-                "off"
-            }),
+            Cell::new(crate::retention::describe(&a.retention)),
         ]);
     }
     format!(
@@ -561,7 +565,7 @@ fn prune_table(report: &crate::prune::Report, platform: &str, now: DateTime<Utc>
             s.id.clone(),
             format!("{} ({} ago)", rfc3339(s.created_at), age(s.created_at, now)),
             s.state.to_string(),
-            format!("{:?} / {:?}", s.kind, s.origin),
+            format!("{} / {}", wire_name(&s.kind), wire_name(&s.origin)),
             decision,
             d.reason.clone(),
         ]);

@@ -218,6 +218,21 @@ fn scope_name(scope: Scope) -> &'static str {
     }
 }
 
+/// A policy as one line for `check-config`: `keepLast 7, keepWithin 30d (minKeep 1, scope managed,
+/// at most 20 deletions per run)`, or `off`.
+pub fn describe(policy: &Retention) -> String {
+    if !policy.is_enabled() {
+        return "off".to_owned();
+    }
+    format!(
+        "{} (minKeep {}, scope {}, at most {} deletions per run)",
+        active_rules(policy),
+        policy.min_keep,
+        scope_name(policy.scope),
+        policy.max_deletions_per_run
+    )
+}
+
 /// The keep rules in effect, for the reason of a deletion: `keepLast 7, keepWithin 30d`.
 fn active_rules(policy: &Retention) -> String {
     let mut rules = Vec::new();

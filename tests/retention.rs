@@ -159,6 +159,8 @@ async fn prune_deletes_exactly_what_the_rules_allow_and_dry_run_says_so_first() 
         "kept: shares its location",
         "kept: newest completed",
         "deleted",
+        "FULL / USER_REQUEST",
+        "INCREMENTAL / USER_REQUEST",
     ] {
         assert!(table.contains(needle), "{needle} missing:\n{table}");
     }
