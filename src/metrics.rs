@@ -233,6 +233,24 @@ impl Metrics {
             self.0.success.with_label_values(&l);
             self.0.in_progress.with_label_values(&l).set(0);
             self.0.retention_deleted.with_label_values(&l);
+            // Every reason at 0, so a panel or an alert on a rate has data before the first event.
+            let reasons = [
+                (&self.0.failure, &crate::runner::Failure::CATEGORIES[..]),
+                (&self.0.skipped, &crate::runner::Skip::CATEGORIES[..]),
+                (
+                    &self.0.resolve_failures,
+                    &crate::model::ResolveError::CATEGORIES[..],
+                ),
+                (
+                    &self.0.retention_delete_failures,
+                    &crate::platform::Error::CATEGORIES[..],
+                ),
+            ];
+            for (counter, categories) in reasons {
+                for reason in categories {
+                    counter.with_label_values(&m.with_reason(reason));
+                }
+            }
         }
     }
 
@@ -326,6 +344,26 @@ impl AppMetrics {
         if t > g.get() {
             g.set(t);
         }
+    }
+
+    /// A savepoint in flight for longer than the timeout, reported once per run that meets it. Not a
+    /// failed run: the last status stays as it is.
+    pub fn stuck(&self) {
+        self.metrics
+            .0
+            .failure
+            .with_label_values(&self.with_reason("stuck"))
+            .inc();
+    }
+
+    /// The outcome of the newest savepoint found at start, so `savepoint_last_status` has a value
+    /// before the first slot.
+    pub fn last_status(&self, ok: bool) {
+        self.metrics
+            .0
+            .last_status
+            .with_label_values(&self.labels())
+            .set(i64::from(ok));
     }
 
     pub fn failure(&self, reason: &str) {

@@ -167,6 +167,15 @@ pub enum ResolveError {
 }
 
 impl ResolveError {
+    /// Every value [`ResolveError::category`] takes, so each series exists at 0 from the start.
+    pub const CATEGORIES: [&'static str; 5] = [
+        "unresolved",
+        "ambiguous",
+        "not_ready",
+        "not_synced",
+        "platform_error",
+    ];
+
     /// A static category for the `resolve_failures_total{reason}` label.
     pub fn category(&self) -> &'static str {
         match self {
@@ -288,5 +297,33 @@ mod tests {
         .unwrap();
         assert_eq!((ok.id.as_str(), ok.application.as_str()), ("a", "fraud"));
         assert_eq!(ok.source, "label a");
+    }
+}
+
+#[cfg(test)]
+mod category_tests {
+    use super::*;
+
+    #[test]
+    fn resolve_categories_lists_every_category() {
+        let application = String::new();
+        let errors = [
+            ResolveError::Unresolved {
+                application: application.clone(),
+                looked: String::new(),
+            },
+            ResolveError::Ambiguous {
+                application: application.clone(),
+                ids: Vec::new(),
+            },
+            ResolveError::NotReady {
+                application: application.clone(),
+                reason: String::new(),
+            },
+            ResolveError::NotSynced,
+            ResolveError::Platform("x".into()),
+        ];
+        let seen: Vec<&str> = errors.iter().map(ResolveError::category).collect();
+        assert_eq!(seen, ResolveError::CATEGORIES);
     }
 }

@@ -36,6 +36,15 @@ pub enum Skip {
 }
 
 impl Skip {
+    /// Every value [`Skip::category`] takes, so each series exists at 0 from the start.
+    pub const CATEGORIES: [&'static str; 5] = [
+        "paused",
+        "in_progress",
+        "not_running",
+        "unresolved",
+        "not_due",
+    ];
+
     pub fn category(&self) -> &'static str {
         match self {
             Skip::Paused => "paused",
@@ -81,6 +90,18 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// Every reason `savepoint_failure_total` is counted under: [`Failure::category`]'s values and
+    /// `stuck` (a savepoint in flight past the timeout), so each series exists at 0 from the start.
+    pub const CATEGORIES: [&'static str; 7] = [
+        "failed",
+        "timeout",
+        "vanished",
+        "rejected",
+        "platform_error",
+        "shutdown",
+        "stuck",
+    ];
+
     /// A static category for the `savepoint_failure_total{reason}` label.
     pub fn category(&self) -> &'static str {
         match self {
@@ -401,7 +422,7 @@ async fn attempts(
                     let age = (Utc::now() - s.created_at).to_std().unwrap_or_default();
                     warn!(savepoint_id = %s.id, state = %s.state, age = %humantime::format_duration(age),
                         "a savepoint has been in flight for longer than the timeout; it no longer blocks this application");
-                    app.metrics.failure("stuck");
+                    app.metrics.stuck();
                 }
                 if shutdown.is_cancelled() {
                     return Err(Outcome::Failed(Failure::Shutdown));
@@ -614,6 +635,22 @@ pub async fn recover(app: &App) {
         {
             app.metrics.last_success(newest);
         }
+        // The outcome of the newest savepoint savepointd made that has one, and how many completed
+        // savepoints there are: what the last run before the restart would have reported.
+        if let Some(last) = history
+            .iter()
+            .filter(|s| s.is_managed_for(&app.config.name))
+            .filter(|s| s.state == State::Completed || s.state.is_failure())
+            .max_by_key(|s| (s.created_at, s.id.clone()))
+        {
+            app.metrics.last_status(last.state == State::Completed);
+        }
+        app.metrics.retained(
+            history
+                .iter()
+                .filter(|s| s.state == State::Completed)
+                .count(),
+        );
         let now = Utc::now();
         for s in history.iter().filter(|s| {
             s.state.is_in_flight()
@@ -821,6 +858,42 @@ mod tests {
     }
 
     const TIMEOUT: Duration = Duration::from_secs(600);
+
+    #[test]
+    fn categories_list_every_skip_and_failure_reason() {
+        let skips = [
+            Skip::Paused,
+            Skip::InProgress { id: String::new() },
+            Skip::Unresolved(ResolveError::NotReady {
+                application: String::new(),
+                reason: String::new(),
+            }),
+            Skip::Unresolved(ResolveError::NotSynced),
+            Skip::NotDue {
+                latest: None,
+                next: None,
+            },
+        ];
+        let seen: Vec<&str> = skips.iter().map(Skip::category).collect();
+        assert_eq!(seen, Skip::CATEGORIES);
+        let failures = [
+            Failure::Failed {
+                id: String::new(),
+                message: String::new(),
+            },
+            Failure::Timeout {
+                id: String::new(),
+                timeout: TIMEOUT,
+            },
+            Failure::Vanished { id: String::new() },
+            Failure::Platform(error(Some(409))),
+            Failure::Platform(error(None)),
+            Failure::Shutdown,
+        ];
+        let mut seen: Vec<&str> = failures.iter().map(Failure::category).collect();
+        seen.push("stuck");
+        assert_eq!(seen, Failure::CATEGORIES);
+    }
 
     #[test]
     fn the_records_decide_the_step() {

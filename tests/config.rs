@@ -586,7 +586,9 @@ fn an_application_can_turn_inherited_retention_off() {
     );
     let plan = savepointd::commands::check_config(&config, chrono::Utc::now());
     assert!(
-        plan.contains("keepLast 7, keepWithin 30d (minKeep 1, scope managed, at most 20 deletions per run)"),
+        plan.contains(
+            "keepLast 7, keepWithin 30d (minKeep 1, scope managed, at most 20 deletions per run)"
+        ),
         "check-config shows the rule:\n{plan}"
     );
     let fewer = &config.applications[3].retention;

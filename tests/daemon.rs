@@ -375,3 +375,64 @@ async fn a_rotated_token_file_is_used_without_a_restart() {
         .count();
     assert!(rotated > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_series_known_at_start_is_there_at_the_first_scrape() {
+    let f = fixture(VvpSimOptions::default()).await;
+    let (name, id) = APPS[1];
+    // Before the restart: a completed savepoint, then a failed one (the newest).
+    for (sid, minutes, state) in [("done", 90, "COMPLETED"), ("broken", 30, "FAILED")] {
+        let created = Utc::now() - chrono::TimeDelta::minutes(minutes);
+        f.vvp.seed_savepoint(serde_json::json!({
+            "metadata": {"id": sid, "createdAt": created.to_rfc3339(), "deploymentId": id,
+                "origin": "USER_REQUEST", "type": "FULL",
+                "annotations": {"savepointd.io/managed-by": "savepointd", "savepointd.io/application": name,
+                    "savepointd.io/slot": created.format("%Y-%m-%dT%H:%M:%SZ").to_string()}},
+            "spec": {"savepointLocation": format!("s3://flink/savepoints/{sid}")},
+            "status": {"state": state}
+        }));
+    }
+    // Hourly, no catch-up: nothing runs during the test.
+    let yaml = f.config(
+        "",
+        &format!("  - name: {name}\n    schedule: \"@every 1h\"\n    startingDeadline: 1s\n"),
+    );
+    let daemon = Daemon::start(&yaml).await;
+    let series = |metric: &str, extra: &str| {
+        format!("savepointd_{metric}{{application=\"{name}\",platform=\"vvp\"{extra}}}")
+    };
+    let recovered = eventually(Duration::from_secs(15), || async {
+        daemon
+            .metric(&series("savepoint_last_status", ""))
+            .await
+            .map(|_| ())
+    })
+    .await;
+    let metrics = daemon.get("/metrics").await.1;
+    daemon.stop().await;
+    assert!(recovered.is_some(), "{metrics}");
+    assert!(f.vvp.triggers().is_empty(), "nothing ran");
+    for (needle, value) in [
+        (series("savepoint_last_status", ""), "0"),
+        (series("retained_savepoints", ""), "1"),
+        (
+            series("savepoint_failure_total", ",reason=\"timeout\""),
+            "0",
+        ),
+        (series("savepoint_failure_total", ",reason=\"stuck\""), "0"),
+        (series("runs_skipped_total", ",reason=\"not_due\""), "0"),
+        (
+            series("resolve_failures_total", ",reason=\"ambiguous\""),
+            "0",
+        ),
+        (
+            series("retention_delete_failures_total", ",reason=\"conflict\""),
+            "0",
+        ),
+    ] {
+        assert!(
+            metrics.contains(&format!("{needle} {value}")),
+            "{needle} {value} missing from\n{metrics}"
+        );
+    }
+}

@@ -83,6 +83,24 @@ pub enum Error {
 }
 
 impl Error {
+    /// Every value [`Error::category`] takes, so each series exists at 0 from the start.
+    pub const CATEGORIES: [&'static str; 14] = [
+        "connect",
+        "no_answer",
+        "timeout",
+        "server_error",
+        "conflict",
+        "not_found",
+        "unauthorized",
+        "client_error",
+        "bad_answer",
+        "deletion_failed",
+        "deletion_pending",
+        "storage",
+        "token",
+        "setup",
+    ];
+
     /// A static category for metric labels.
     pub fn category(&self) -> &'static str {
         match self {
@@ -168,4 +186,80 @@ pub fn connect(platform: &config::Platform, metrics: &Metrics) -> Result<Arc<dyn
         PlatformKind::Vvp(vvp) => Arc::new(vvp::Vvp::new(api, vvp.namespace.clone())),
         PlatformKind::Flink(flink) => Arc::new(flink::Flink::new(api, &flink.target_directory)?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn categories_lists_every_category_and_nothing_else() {
+        let (platform, operation, url) = (String::new(), "get", String::new());
+        let status = |status| Error::Status {
+            platform: platform.clone(),
+            operation,
+            url: url.clone(),
+            status,
+            message: String::new(),
+        };
+        let text = |make: fn(String, &'static str, String, String) -> Error| {
+            make(platform.clone(), operation, url.clone(), String::new())
+        };
+        let errors = [
+            text(|platform, operation, url, message| Error::Connect {
+                platform,
+                operation,
+                url,
+                message,
+            }),
+            text(|platform, operation, url, message| Error::NoAnswer {
+                platform,
+                operation,
+                url,
+                message,
+            }),
+            Error::Timeout {
+                platform: platform.clone(),
+                operation,
+                url: url.clone(),
+                timeout: std::time::Duration::ZERO,
+            },
+            status(503),
+            status(409),
+            status(404),
+            status(401),
+            status(400),
+            text(|platform, operation, url, message| Error::Decode {
+                platform,
+                operation,
+                url,
+                message,
+            }),
+            Error::DeletionFailed {
+                platform: platform.clone(),
+                id: String::new(),
+                message: String::new(),
+            },
+            Error::DeletionPending {
+                platform: platform.clone(),
+                id: String::new(),
+                after: std::time::Duration::ZERO,
+            },
+            Error::Storage {
+                platform: platform.clone(),
+                url: url.clone(),
+                message: String::new(),
+            },
+            Error::Token {
+                platform: platform.clone(),
+                message: String::new(),
+            },
+            Error::Setup {
+                platform: platform.clone(),
+                message: String::new(),
+            },
+        ];
+        let seen: Vec<&str> = errors.iter().map(Error::category).collect();
+        assert_eq!(seen, Error::CATEGORIES);
+    }
 }
