@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use comfy_table::presets::UTF8_BORDERS_ONLY;
-use comfy_table::{Cell, Table};
+use comfy_table::{Cell, ContentArrangement, Table};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -37,9 +37,20 @@ pub enum Output {
 /// How long a one-shot command waits for the pod caches.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A table as wide as the terminal (or `COLUMNS`), long cells wrapped in their own column; written to a
+/// pipe or a file without `COLUMNS`, it is not wrapped.
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
-    t.load_preset(UTF8_BORDERS_ONLY).set_header(header.to_vec());
+    t.load_preset(UTF8_BORDERS_ONLY)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(header.to_vec());
+    if let Some(columns) = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse::<u16>().ok())
+        .filter(|c| *c >= 40)
+    {
+        t.set_width(columns);
+    }
     t
 }
 

@@ -458,6 +458,23 @@ fn check_config_prints_the_plan_and_no_secret() {
     assert!(runs >= 3, "{text}");
     assert!(!text.contains("s3cr3t-token-value"));
 
+    // Tables fit the width they are given.
+    let narrow = savepointd()
+        .args(["--config", path.to_str().unwrap(), "check-config"])
+        .env("VVP_TOKEN", "s3cr3t-token-value")
+        .env("COLUMNS", "70")
+        .output()
+        .unwrap();
+    let narrow = String::from_utf8_lossy(&narrow.stdout);
+    let widest = narrow
+        .lines()
+        .filter(|l| l.starts_with(['│', '┌', '└', '╞']))
+        .map(|l| l.chars().count())
+        .max()
+        .unwrap_or(0);
+    assert!(widest <= 70, "{widest} columns:\n{narrow}");
+    assert!(narrow.contains("fraud-detection"), "{narrow}");
+
     // check-config reads the token it reports (it would fail without it), so the check above is one
     // that can fail: the value was in hand and was not printed.
     let out = savepointd()
