@@ -473,7 +473,7 @@ fn check_config_prints_the_plan_and_no_secret() {
         .max()
         .unwrap_or(0);
     assert!(widest <= 70, "{widest} columns:\n{narrow}");
-    assert!(narrow.contains("fraud-detection"), "{narrow}");
+    assert!(narrow.contains("payments"), "{narrow}");
 
     // check-config reads the token it reports (it would fail without it), so the check above is one
     // that can fail: the value was in hand and was not printed.
