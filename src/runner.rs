@@ -76,7 +76,7 @@ pub enum Failure {
     Vanished { id: String },
     #[error(transparent)]
     Platform(#[from] platform::Error),
-    #[error("shut down before the savepoint was triggered")]
+    #[error("shut down (or the Lease was lost) before the savepoint was triggered")]
     Shutdown,
 }
 
@@ -403,7 +403,9 @@ async fn attempts(
                         "a savepoint has been in flight for longer than the timeout; it no longer blocks this application");
                     app.metrics.failure("stuck");
                 }
-                if shutdown.is_cancelled() {
+                // Looked at here, right before the request, so that a replica frozen past its Lease
+                // triggers nothing when it wakes, even before its renewal loop noticed.
+                if shutdown.is_cancelled() || !app.mandate.holds() {
                     return Err(Outcome::Failed(Failure::Shutdown));
                 }
                 triggered = true;
@@ -813,6 +815,7 @@ mod tests {
             resolver: Resolver::Api(fake),
             permits: Arc::new(Semaphore::new(4)),
             metrics: Metrics::new().app(APP, "fake"),
+            mandate: Default::default(),
         }
     }
 
