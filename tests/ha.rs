@@ -296,6 +296,21 @@ async fn exactly_one_leads_and_a_killed_leader_is_replaced() {
         "the Lease names the leader: {holder}"
     );
 
+    // `status` names the replica that leads, from the Lease.
+    let status = Command::new(env!("CARGO_BIN_EXE_savepointd"))
+        .args(["status", "--config"])
+        .arg(&world.config)
+        .env("SAVEPOINTD_LEADER_ELECTION__ENABLED", "true")
+        .output()
+        .await
+        .unwrap();
+    let shown = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        shown.contains(&format!("leader: {holder} (Lease {NAMESPACE}/{LEASE}")),
+        "{shown}\n{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+
     // kill -9: no release, the followers wait for the lease to run out.
     let dead = replicas.remove(leader);
     let pid = dead.pid();
