@@ -24,6 +24,9 @@
 //! - [`runner`]: one slot of one application: the pure [`runner::next_step`] over the platform's records,
 //!   then trigger, wait, retry; adoption of a slot's savepoint after a restart or a lost answer.
 //! - [`scheduler`]: one loop per application that fires its slots; shutdown with a grace period.
+//! - [`leader`]: leader election on a Kubernetes Lease (resourceVersion preconditions, followers'
+//!   own-clock expiry, release on shutdown) and the [`leader::Mandate`] the runner and pruner check
+//!   before every trigger and deletion.
 //! - [`metrics`]: the Prometheus metric set; [`server`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`commands`]: what the CLI subcommands print (`check-config`, `status`, `resolve`, `once`, `prune`).
 //! - [`shutdown`]: SIGTERM / SIGINT.
