@@ -886,6 +886,31 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn without_the_mandate_nothing_is_triggered_but_the_slot_is_still_adopted() {
+        let fake = Fake::with(&[Reply::Complete, Reply::Complete]);
+        let follower = app(fake.clone());
+        follower.mandate.revoke();
+        let outcome = run_slot(&follower, slot(), false, &CancellationToken::new()).await;
+        assert!(
+            matches!(outcome, Outcome::Failed(Failure::Shutdown)),
+            "{outcome:?}"
+        );
+        assert!(
+            fake.attempts().is_empty(),
+            "a replica without the Lease triggers nothing"
+        );
+
+        // The leader that has it triggers; a replica without it that meets that savepoint adopts it.
+        let leader = app(fake.clone());
+        let slot = slot();
+        let made = run_slot(&leader, slot, false, &CancellationToken::new()).await;
+        assert!(matches!(made, Outcome::Completed { .. }), "{made:?}");
+        let late = run_slot(&follower, slot, false, &CancellationToken::new()).await;
+        assert!(matches!(late, Outcome::AlreadyDone(_)), "{late:?}");
+        assert_eq!(fake.count(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_trigger_that_made_nothing_is_an_attempt_retried_after_the_backoff() {
         let fake = Fake::with(&[Reply::Unavailable, Reply::Complete]);
         let app = app(fake.clone());

@@ -685,20 +685,12 @@ fn leases(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Response {
-    let parse = || -> Result<Value, Response> {
-        let value: Value = serde_json::from_slice(body).map_err(|e| {
-            status(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                &format!("invalid Lease: {e}"),
-            )
-        })?;
+    // A Lease body, or why it is not one (a 400's message).
+    let parse = || -> Result<Value, String> {
+        let value: Value =
+            serde_json::from_slice(body).map_err(|e| format!("invalid Lease: {e}"))?;
         if value["kind"] != "Lease" || value["apiVersion"] != "coordination.k8s.io/v1" {
-            return Err(status(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                "expected kind Lease, apiVersion coordination.k8s.io/v1",
-            ));
+            return Err("expected kind Lease, apiVersion coordination.k8s.io/v1".into());
         }
         Ok(value)
     };
@@ -752,7 +744,7 @@ fn leases(
         (Method::POST, None) => {
             let mut lease = match parse() {
                 Ok(lease) => lease,
-                Err(response) => return response,
+                Err(message) => return status(StatusCode::BAD_REQUEST, "BadRequest", &message),
             };
             let Some(name) = lease["metadata"]["name"].as_str().map(str::to_string) else {
                 return status(
@@ -784,7 +776,7 @@ fn leases(
         (Method::PUT, Some(name)) => {
             let mut lease = match parse() {
                 Ok(lease) => lease,
-                Err(response) => return response,
+                Err(message) => return status(StatusCode::BAD_REQUEST, "BadRequest", &message),
             };
             if lease["metadata"]["name"].as_str() != Some(name) {
                 return status(
