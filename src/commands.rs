@@ -137,8 +137,20 @@ pub fn check_config(config: &Config, now: DateTime<Utc>) -> String {
             Cell::new(crate::retention::describe(&a.retention)),
         ]);
     }
+    let election = match &config.leader_election {
+        None => "leader election: off (this process acts)".to_owned(),
+        Some(e) => format!(
+            "leader election: on (Lease {}/{}; leaseDuration {}, renewDeadline {}, retryPeriod {})",
+            e.resolve_namespace()
+                .unwrap_or_else(|_| "<pod namespace>".into()),
+            e.lease_name,
+            humantime::format_duration(e.lease_duration),
+            humantime::format_duration(e.renew_deadline),
+            humantime::format_duration(e.retry_period),
+        ),
+    };
     format!(
-        "config ok (sha256 {})\n\n{platforms}\n\n{apps}\n",
+        "config ok (sha256 {})\n\n{platforms}\n\n{apps}\n{election}\n",
         config.sha256
     )
 }
@@ -233,6 +245,58 @@ pub struct AppStatus {
     pub in_flight: Vec<Savepoint>,
     pub last_failed: Option<Savepoint>,
     pub next_run: Option<DateTime<Utc>>,
+    /// With leader election on: which replica leads, from the Lease (the same for every application).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader: Option<LeaderStatus>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaderStatus {
+    /// `namespace/name` of the Lease.
+    pub lease: String,
+    /// The replica that holds it; `None` when nobody does (or it could not be read: see `error`).
+    pub holder: Option<String>,
+    pub renew_time: Option<String>,
+    pub lease_transitions: i32,
+    pub error: Option<String>,
+}
+
+/// Reads the Lease, when leader election is on.
+async fn leader_status(config: &Config) -> Option<LeaderStatus> {
+    let election = config.leader_election.as_ref()?;
+    let lease = format!(
+        "{}/{}",
+        election.namespace.as_deref().unwrap_or("<pod namespace>"),
+        election.lease_name
+    );
+    let read = match runtime::kube_client_for(config).await {
+        Ok(client) => crate::leader::holder(client, election).await,
+        Err(e) => Err(e.to_string()),
+    };
+    Some(match read {
+        Ok(Some(h)) => LeaderStatus {
+            lease: h.lease,
+            holder: h.holder,
+            renew_time: h.renew_time,
+            lease_transitions: h.lease_transitions,
+            error: None,
+        },
+        Ok(None) => LeaderStatus {
+            lease,
+            holder: None,
+            renew_time: None,
+            lease_transitions: 0,
+            error: None,
+        },
+        Err(e) => LeaderStatus {
+            lease,
+            holder: None,
+            renew_time: None,
+            lease_transitions: 0,
+            error: Some(e),
+        },
+    })
 }
 
 /// Per application: resolved id, last completed savepoint and its age, savepoints in flight, the last
@@ -240,7 +304,8 @@ pub struct AppStatus {
 pub async fn status(config: &Config, output: Output) -> Result<(String, bool)> {
     let session = Session::open(config).await?;
     let now = Utc::now();
-    let statuses = futures::future::join_all(
+    let leader = leader_status(config).await;
+    let mut statuses = futures::future::join_all(
         session
             .runtime
             .apps
@@ -248,7 +313,11 @@ pub async fn status(config: &Config, output: Output) -> Result<(String, bool)> {
             .map(|app| app_status(app.clone(), now)),
     )
     .await;
-    let ok = statuses.iter().all(|s| s.error.is_none());
+    for s in &mut statuses {
+        s.leader = leader.clone();
+    }
+    let ok = statuses.iter().all(|s| s.error.is_none())
+        && leader.as_ref().is_none_or(|l| l.error.is_none());
     let text = match output {
         Output::Json => serde_json::to_string_pretty(&statuses).expect("status serialises") + "\n",
         Output::Table => {
@@ -305,7 +374,27 @@ pub async fn status(config: &Config, output: Output) -> Result<(String, bool)> {
                     next,
                 ]);
             }
-            format!("{t}\n")
+            let leading = match &leader {
+                None => String::new(),
+                Some(LeaderStatus {
+                    lease,
+                    error: Some(e),
+                    ..
+                }) => format!("leader: unknown (Lease {lease}: {e})\n"),
+                Some(LeaderStatus {
+                    lease,
+                    holder: None,
+                    ..
+                }) => format!("leader: none (Lease {lease} is free)\n"),
+                Some(l) => format!(
+                    "leader: {} (Lease {}, renewed {}, {} transitions)\n",
+                    l.holder.as_deref().unwrap_or_default(),
+                    l.lease,
+                    l.renew_time.as_deref().unwrap_or("never"),
+                    l.lease_transitions
+                ),
+            };
+            format!("{leading}{t}\n")
         }
     };
     Ok((text, ok))
@@ -323,6 +412,7 @@ async fn app_status(app: Arc<App>, now: DateTime<Utc>) -> AppStatus {
         in_flight: Vec::new(),
         last_failed: None,
         next_run: c.schedule.next_after(now, c.timezone),
+        leader: None,
     };
     let target = match app.resolver.resolve(&c.name).await {
         Ok(t) => t,

@@ -78,6 +78,8 @@ pub struct File {
     /// Each an object, or a bare name that takes everything from `defaults` (the chart's short form).
     #[serde(default, deserialize_with = "application_entries")]
     pub applications: Vec<ApplicationFile>,
+    #[serde(default)]
+    pub leader_election: LeaderElectionFile,
 }
 
 /// `applications` entries: `- fraud-detection` is `- name: fraud-detection`.
@@ -136,6 +138,20 @@ pub struct ServerFile {
 pub struct KubernetesFile {
     /// Absent: in-cluster service account, else `KUBECONFIG` / `~/.kube/config`.
     pub kubeconfig: Option<PathBuf>,
+}
+
+/// Several replicas, one acts (DESIGN.md §9). Durations as client-go's leader election has them.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LeaderElectionFile {
+    #[serde(default)]
+    pub enabled: bool,
+    pub lease_name: Option<String>,
+    /// Absent or empty: the pod's own namespace.
+    pub namespace: Option<String>,
+    pub lease_duration: Option<String>,
+    pub renew_deadline: Option<String>,
+    pub retry_period: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -303,6 +319,8 @@ pub struct Config {
     pub kubernetes: Kubernetes,
     pub platforms: Vec<Platform>,
     pub applications: Vec<Application>,
+    /// `Some` when `leaderElection.enabled`: the replicas elect one that acts.
+    pub leader_election: Option<LeaderElection>,
     /// SHA-256 of the effective config, exported as `config_info{sha256}`.
     pub sha256: String,
 }
@@ -311,6 +329,51 @@ pub struct Config {
 pub struct Server {
     pub listen: SocketAddr,
     pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderElection {
+    pub lease_name: String,
+    /// `None`: the pod's namespace, found at startup (`leader::namespace`).
+    pub namespace: Option<String>,
+    /// How long followers wait, from the last change of the Lease they saw, before they take it over.
+    pub lease_duration: Duration,
+    /// How long the leader keeps acting without a successful renewal; shorter than `lease_duration`, so
+    /// that it has stopped before anyone may take over.
+    pub renew_deadline: Duration,
+    /// Between two attempts to acquire or renew.
+    pub retry_period: Duration,
+}
+
+/// Where Kubernetes tells a pod its own namespace.
+pub const SERVICE_ACCOUNT_NAMESPACE: &str =
+    "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+impl LeaderElection {
+    /// The Lease's namespace: as configured, else the pod's own (the service account's namespace file,
+    /// else `POD_NAMESPACE` from the downward API). An error names the field to set.
+    pub fn resolve_namespace(&self) -> Result<String, Problem> {
+        if let Some(ns) = &self.namespace {
+            return Ok(ns.clone());
+        }
+        let from_file = std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE)
+            .ok()
+            .map(|s| s.trim().to_owned());
+        let from_env = std::env::var("POD_NAMESPACE")
+            .ok()
+            .map(|s| s.trim().to_owned());
+        from_file
+            .into_iter()
+            .chain(from_env)
+            .find(|ns| !ns.is_empty())
+            .ok_or_else(|| Problem {
+                path: "leaderElection.namespace".into(),
+                value: None,
+                reason: format!(
+                    "not set, and the pod's namespace is unknown (no {SERVICE_ACCOUNT_NAMESPACE}, no POD_NAMESPACE); set it"
+                ),
+            })
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -553,6 +616,11 @@ pub fn check_files(config: &Config) -> Result<()> {
             }
         }
     }
+    if let Some(election) = &config.leader_election
+        && let Err(problem) = election.resolve_namespace()
+    {
+        problems.0.push(problem);
+    }
     if problems.0.is_empty() {
         Ok(())
     } else {
@@ -574,22 +642,24 @@ fn from_figment(figment: Figment) -> Result<Config> {
 }
 
 /// The top-level sections of the file, the only ones environment variables may override.
-const SECTIONS: [&str; 5] = [
+const SECTIONS: [&str; 6] = [
     "server",
     "kubernetes",
     "defaults",
     "platforms",
     "applications",
+    "leaderElection",
 ];
 
-/// `SAVEPOINTD_DEFAULTS__FORMAT_TYPE=NATIVE` becomes `defaults.formatType`.
+/// `SAVEPOINTD_DEFAULTS__FORMAT_TYPE=NATIVE` becomes `defaults.formatType`,
+/// `SAVEPOINTD_LEADER_ELECTION__ENABLED=true` becomes `leaderElection.enabled`.
 fn env_overrides() -> Env {
     Env::prefixed(ENV_PREFIX)
         // Only variables that name a config section: SAVEPOINTD_CONFIG and variables other programs
         // define with the same prefix are not config.
         .filter(|key| {
-            let section = key.as_str().split("__").next().unwrap_or_default();
-            SECTIONS.iter().any(|s| section.eq_ignore_ascii_case(s))
+            let section = camel_case(key.as_str().split("__").next().unwrap_or_default());
+            SECTIONS.contains(&section.as_str())
         })
         .map(|key| {
             key.as_str()
@@ -696,6 +766,11 @@ const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_CONCURRENT: usize = 8;
 const DEFAULT_MAX_DELETIONS_PER_RUN: u32 = 20;
+// client-go's leader election defaults.
+const DEFAULT_LEASE_NAME: &str = "savepointd";
+const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
+const DEFAULT_RENEW_DEADLINE: Duration = Duration::from_secs(10);
+const DEFAULT_RETRY_PERIOD: Duration = Duration::from_secs(2);
 
 /// Collects problems while validation goes on, so all of them are reported at once.
 #[derive(Default)]
@@ -819,6 +894,8 @@ impl File {
         }
         .validate_fields("defaults", defaults, 0, &mut problems);
 
+        let leader_election = self.leader_election.validate(&mut problems);
+
         if !problems.0.is_empty() {
             // An application that inherits a bad default reports it under `defaults.*`; say it once.
             let mut unique: Vec<Problem> = Vec::new();
@@ -839,8 +916,115 @@ impl File {
             },
             platforms,
             applications,
+            leader_election,
             sha256,
         })
+    }
+}
+
+impl LeaderElectionFile {
+    /// Checks every field, enabled or not (a typo shows before the day it is turned on); `Some` only
+    /// when enabled.
+    fn validate(&self, problems: &mut Problems) -> Option<LeaderElection> {
+        const PATH: &str = "leaderElection";
+        let before = problems.0.len();
+        let lease_name = self
+            .lease_name
+            .clone()
+            .unwrap_or_else(|| DEFAULT_LEASE_NAME.into());
+        if let Err(reason) = check_dns_subdomain(&lease_name) {
+            problems.push(format!("{PATH}.leaseName"), Some(&lease_name), reason);
+        }
+        let namespace = self.namespace.clone().filter(|n| !n.is_empty());
+        if let Some(ns) = &namespace
+            && let Err(reason) = check_dns_label(ns)
+        {
+            problems.push(format!("{PATH}.namespace"), Some(ns), reason);
+        }
+        let mut duration = |field: &str, value: &Option<String>, default| {
+            problems.duration(format!("{PATH}.{field}"), value.as_deref(), default)
+        };
+        let lease_duration = duration(
+            "leaseDuration",
+            &self.lease_duration,
+            DEFAULT_LEASE_DURATION,
+        );
+        let renew_deadline = duration(
+            "renewDeadline",
+            &self.renew_deadline,
+            DEFAULT_RENEW_DEADLINE,
+        );
+        let retry_period = duration("retryPeriod", &self.retry_period, DEFAULT_RETRY_PERIOD);
+        // client-go's checks: the leader must give up before a follower may take over, and must have
+        // had room for more than one attempt to renew before it gives up.
+        let shown = |d: Duration| humantime::format_duration(d).to_string();
+        if lease_duration <= renew_deadline {
+            problems.push(
+                format!("{PATH}.leaseDuration"),
+                Some(&shown(lease_duration)),
+                format!(
+                    "must be greater than renewDeadline ({})",
+                    shown(renew_deadline)
+                ),
+            );
+        }
+        if renew_deadline.as_secs_f64() <= 1.2 * retry_period.as_secs_f64() {
+            problems.push(
+                format!("{PATH}.renewDeadline"),
+                Some(&shown(renew_deadline)),
+                format!(
+                    "must be greater than 1.2 × retryPeriod ({})",
+                    shown(retry_period)
+                ),
+            );
+        }
+        if lease_duration.as_secs() > i32::MAX as u64 {
+            problems.push(
+                format!("{PATH}.leaseDuration"),
+                Some(&shown(lease_duration)),
+                "too long for a Lease",
+            );
+        }
+        if !self.enabled || problems.0.len() > before {
+            return None;
+        }
+        Some(LeaderElection {
+            lease_name,
+            namespace,
+            lease_duration,
+            renew_deadline,
+            retry_period,
+        })
+    }
+}
+
+/// A Kubernetes object name (RFC 1123 subdomain), so that a bad Lease name fails at load.
+fn check_dns_subdomain(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 253 {
+        return Err("must be 1 to 253 characters");
+    }
+    if name.split('.').all(|part| check_dns_label(part).is_ok()) {
+        Ok(())
+    } else {
+        Err("must be lowercase letters, digits, '-' and '.', starting and ending alphanumeric")
+    }
+}
+
+/// A Kubernetes namespace name (RFC 1123 label).
+fn check_dns_label(name: &str) -> Result<(), &'static str> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(
+            "must be at most 63 lowercase letters, digits and '-', starting and ending alphanumeric",
+        )
     }
 }
 

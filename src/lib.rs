@@ -24,12 +24,16 @@
 //! - [`runner`]: one slot of one application: the pure [`runner::next_step`] over the platform's records,
 //!   then trigger, wait, retry; adoption of a slot's savepoint after a restart or a lost answer.
 //! - [`scheduler`]: one loop per application that fires its slots; shutdown with a grace period.
+//! - [`leader`]: leader election on a Kubernetes Lease (resourceVersion preconditions, followers'
+//!   own-clock expiry, release on shutdown) and the [`leader::Mandate`] the runner and pruner check
+//!   before every trigger and deletion.
 //! - [`metrics`]: the Prometheus metric set; [`server`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`commands`]: what the CLI subcommands print (`check-config`, `status`, `resolve`, `once`, `prune`).
 //! - [`shutdown`]: SIGTERM / SIGINT.
 
 pub mod commands;
 pub mod config;
+pub mod leader;
 pub mod metrics;
 pub mod model;
 pub mod platform;
@@ -64,6 +68,8 @@ pub enum Error {
     Server(std::io::Error),
     #[error(transparent)]
     Runtime(#[from] runtime::Error),
+    #[error(transparent)]
+    Leader(#[from] leader::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -90,6 +96,20 @@ pub async fn run_on(
     Health::set(&health.config_loaded);
 
     let (runtime, watchers) = Runtime::connect(&config, metrics.clone(), &token).await?;
+    let elector = match &config.leader_election {
+        Some(election) => {
+            let client = runtime::kube_client_for(&config).await?;
+            Some(leader::Elector::new(
+                client,
+                election.clone(),
+                runtime.mandate.clone(),
+            )?)
+        }
+        None => {
+            metrics.leader(true);
+            None
+        }
+    };
     tracing::info!(
         applications = config.applications.len(),
         platforms = config.platforms.len(),
@@ -107,13 +127,20 @@ pub async fn run_on(
         }
     };
     let scheduler = {
-        let (health, token) = (health.clone(), token.clone());
+        let (health, token, metrics) = (health.clone(), token.clone(), metrics.clone());
         let grace = config.server.shutdown_grace;
         async move {
-            if runtime.wait_synced(&token).await {
-                Health::set(&health.caches_synced);
-                Health::set(&health.scheduler_running);
-                scheduler::run(runtime.apps.clone(), token, grace).await;
+            if !runtime.wait_synced(&token).await {
+                return Ok(());
+            }
+            Health::set(&health.caches_synced);
+            // A follower is ready too: its caches are warm and it stands by to take over.
+            Health::set(&health.scheduler_running);
+            let apps = runtime.apps.clone();
+            let act = || scheduler::run(apps, token.clone(), grace);
+            match elector {
+                None => act().await,
+                Some(elector) => elector.lead(&token, &metrics, act).await?,
             }
             tracing::info!("scheduler stopped");
             Ok::<(), Error>(())

@@ -39,6 +39,7 @@ struct Inner {
     api_duration: HistogramVec,
     build_info: IntGaugeVec,
     config_info: IntGaugeVec,
+    leader: prometheus::IntGauge,
 }
 
 const APP: &[&str] = &["application", "platform"];
@@ -209,6 +210,10 @@ impl Metrics {
                 ),
                 &["sha256"]
             )),
+            leader: register!(prometheus::IntGauge::with_opts(opts(
+                "leader",
+                "1 on the replica that acts (always 1 without leader election), 0 on followers."
+            ))),
             registry,
         };
         inner
@@ -264,6 +269,12 @@ impl Metrics {
 
     pub fn lateness(&self, late: Duration) {
         self.0.lateness.observe(late.as_secs_f64());
+    }
+
+    /// Whether this replica acts: set on acquiring and losing the Lease, or once at start without
+    /// leader election.
+    pub fn leader(&self, leading: bool) {
+        self.0.leader.set(i64::from(leading));
     }
 
     /// A drop guard that observes the call's latency.

@@ -77,7 +77,7 @@ pub async fn prune(
     deletions.reverse();
     let mut completed_left = 0;
     for (done, d) in deletions.iter().enumerate() {
-        if shutdown.is_cancelled() {
+        if shutdown.is_cancelled() || !app.mandate.holds() {
             let left = &deletions[done..];
             report.interrupted = left.len();
             completed_left += left

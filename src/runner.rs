@@ -85,7 +85,7 @@ pub enum Failure {
     Vanished { id: String },
     #[error(transparent)]
     Platform(#[from] platform::Error),
-    #[error("shut down before the savepoint was triggered")]
+    #[error("shut down (or the Lease was lost) before the savepoint was triggered")]
     Shutdown,
 }
 
@@ -424,7 +424,9 @@ async fn attempts(
                         "a savepoint has been in flight for longer than the timeout; it no longer blocks this application");
                     app.metrics.stuck();
                 }
-                if shutdown.is_cancelled() {
+                // Looked at here, right before the request, so that a replica frozen past its Lease
+                // triggers nothing when it wakes, even before its renewal loop noticed.
+                if shutdown.is_cancelled() || !app.mandate.holds() {
                     return Err(Outcome::Failed(Failure::Shutdown));
                 }
                 triggered = true;
@@ -850,6 +852,7 @@ mod tests {
             resolver: Resolver::Api(fake),
             permits: Arc::new(Semaphore::new(4)),
             metrics: Metrics::new().app(APP, "fake"),
+            mandate: Default::default(),
         }
     }
 
@@ -953,6 +956,31 @@ mod tests {
             "no backoff before the look at the records: {:?}",
             started.elapsed()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_the_mandate_nothing_is_triggered_but_the_slot_is_still_adopted() {
+        let fake = Fake::with(&[Reply::Complete, Reply::Complete]);
+        let follower = app(fake.clone());
+        follower.mandate.revoke();
+        let outcome = run_slot(&follower, slot(), false, &CancellationToken::new()).await;
+        assert!(
+            matches!(outcome, Outcome::Failed(Failure::Shutdown)),
+            "{outcome:?}"
+        );
+        assert!(
+            fake.attempts().is_empty(),
+            "a replica without the Lease triggers nothing"
+        );
+
+        // The leader that has it triggers; a replica without it that meets that savepoint adopts it.
+        let leader = app(fake.clone());
+        let slot = slot();
+        let made = run_slot(&leader, slot, false, &CancellationToken::new()).await;
+        assert!(matches!(made, Outcome::Completed { .. }), "{made:?}");
+        let late = run_slot(&follower, slot, false, &CancellationToken::new()).await;
+        assert!(matches!(late, Outcome::AlreadyDone(_)), "{late:?}");
+        assert_eq!(fake.count(), 1);
     }
 
     #[tokio::test(start_paused = true)]

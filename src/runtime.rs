@@ -9,6 +9,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Application, Config, Resolve};
+use crate::leader::Mandate;
 use crate::metrics::{AppMetrics, Metrics};
 use crate::platform::{self, Platform};
 use crate::resolve::Resolver;
@@ -33,11 +34,15 @@ pub struct App {
     /// Shared by every application of the platform: a permit is held from trigger to terminal state.
     pub permits: Arc<Semaphore>,
     pub metrics: AppMetrics,
+    /// Whether this process may trigger or delete right now (shared by every application): always,
+    /// unless leader election is on and this replica does not hold the Lease.
+    pub mandate: Mandate,
 }
 
 pub struct Runtime {
     pub apps: Vec<Arc<App>>,
     pub metrics: Metrics,
+    pub mandate: Mandate,
     pod_indexes: Vec<PodIndex>,
 }
 
@@ -73,6 +78,7 @@ impl Runtime {
             let permits = Arc::new(Semaphore::new(p.max_concurrent));
             per_platform.push((client, resolver, permits));
         }
+        let mandate = Mandate::default();
         let apps = config
             .applications
             .iter()
@@ -86,6 +92,7 @@ impl Runtime {
                     platform: platform.clone(),
                     resolver: resolver.clone(),
                     permits: permits.clone(),
+                    mandate: mandate.clone(),
                 })
             })
             .collect();
@@ -93,6 +100,7 @@ impl Runtime {
             Runtime {
                 apps,
                 metrics,
+                mandate,
                 pod_indexes,
             },
             watchers,
@@ -114,7 +122,7 @@ impl Runtime {
     }
 }
 
-async fn kube_client_for(config: &Config) -> Result<kube::Client> {
+pub(crate) async fn kube_client_for(config: &Config) -> Result<kube::Client> {
     let kube_config = match &config.kubernetes.kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| {

@@ -211,6 +211,108 @@ fn bad_durations() {
 }
 
 #[test]
+fn leader_election() {
+    let c = config::from_yaml(&format!(
+        "{PLATFORM}leaderElection: {{ enabled: true, namespace: ops, leaseDuration: 3s, renewDeadline: 2s, retryPeriod: 500ms }}\n"
+    ))
+    .unwrap();
+    let e = c.leader_election.expect("enabled");
+    assert_eq!(
+        (e.lease_name.as_str(), e.namespace.as_deref()),
+        ("savepointd", Some("ops"))
+    );
+    assert_eq!(e.retry_period, std::time::Duration::from_millis(500));
+    // client-go's defaults; off unless enabled.
+    let c = config::from_yaml(&format!("{PLATFORM}leaderElection: {{ enabled: true }}\n")).unwrap();
+    let e = c.leader_election.unwrap();
+    assert_eq!(
+        [e.lease_duration, e.renew_deadline, e.retry_period].map(|d| d.as_secs()),
+        [15, 10, 2]
+    );
+    assert!(
+        config::from_yaml(PLATFORM)
+            .unwrap()
+            .leader_election
+            .is_none()
+    );
+
+    assert_names(
+        &format!("{PLATFORM}leaderElection: {{ leaseDuration: 10s, renewDeadline: 10s }}\n"),
+        &["leaderElection.leaseDuration", "greater than renewDeadline"],
+    );
+    assert_names(
+        &format!("{PLATFORM}leaderElection: {{ renewDeadline: 2s, retryPeriod: 2s }}\n"),
+        &["leaderElection.renewDeadline", "1.2 × retryPeriod"],
+    );
+    assert_names(
+        &format!(
+            "{PLATFORM}leaderElection: {{ leaseName: Not_A_Name, namespace: Ops, retryPeriod: soon, leasDuration: 1s }}\n"
+        ),
+        &["leaderElection.leasDuration", "unknown field"],
+    );
+    assert_names(
+        &format!(
+            "{PLATFORM}leaderElection: {{ leaseName: Not_A_Name, namespace: Ops, retryPeriod: soon }}\n"
+        ),
+        &[
+            "leaderElection.leaseName",
+            "Not_A_Name",
+            "leaderElection.namespace",
+            "Ops",
+            "leaderElection.retryPeriod",
+            "soon",
+        ],
+    );
+}
+
+#[test]
+fn leader_election_needs_a_namespace_it_can_find() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, with_apps("  - name: a\n")).unwrap();
+    let run = |envs: &[(&str, &str)]| {
+        let mut c = savepointd();
+        c.args(["--config", path.to_str().unwrap(), "check-config"])
+            .env_remove("POD_NAMESPACE");
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    // Environment overrides reach the section: SAVEPOINTD_LEADER_ELECTION__*.
+    let on = [
+        ("SAVEPOINTD_LEADER_ELECTION__ENABLED", "true"),
+        ("SAVEPOINTD_LEADER_ELECTION__RETRY_PERIOD", "1s"),
+    ];
+    let in_cluster = std::path::Path::new(config::SERVICE_ACCOUNT_NAMESPACE).exists();
+    if !in_cluster {
+        let out = run(&on);
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("leaderElection.namespace") && stderr.contains("POD_NAMESPACE"),
+            "{stderr}"
+        );
+    }
+    let out = run(&[on[0], on[1], ("POD_NAMESPACE", "ops")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("leader election: on (Lease ")
+            && stdout
+                .contains("/savepointd; leaseDuration 15s, renewDeadline 10s, retryPeriod 1s)"),
+        "{stdout}"
+    );
+    let out = run(&[on[0], ("SAVEPOINTD_LEADER_ELECTION__RETRY_PERIOD", "9s")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("leaderElection.renewDeadline"));
+}
+
+#[test]
 fn platform_references() {
     assert_names(
         &with_apps("  - name: a\n    platform: vvp-staging\n"),

@@ -8,8 +8,10 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -264,6 +266,154 @@ async fn label_selectors_follow_kubernetes_semantics() {
         .await
         .unwrap();
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+}
+
+async fn kube_client(kube: &KubeFake, dir: &std::path::Path) -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(kube.write_kubeconfig(dir)).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    kube::Client::try_from(config).unwrap()
+}
+
+fn lease(name: &str, holder: &str) -> Lease {
+    Lease {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(holder.into()),
+            lease_duration_seconds: Some(15),
+            renew_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
+            lease_transitions: Some(0),
+            ..Default::default()
+        }),
+    }
+}
+
+#[tokio::test]
+async fn kube_rs_writes_leases_with_resource_version_preconditions() {
+    let kube = KubeFake::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let leases: Api<Lease> = Api::namespaced(kube_client(&kube, dir.path()).await, "ops");
+    let pp = PostParams::default();
+    assert!(leases.get_opt("savepointd").await.unwrap().is_none());
+
+    let created = leases.create(&pp, &lease("savepointd", "a")).await.unwrap();
+    let Err(kube::Error::Api(again)) = leases.create(&pp, &lease("savepointd", "b")).await else {
+        panic!("a second create must fail");
+    };
+    assert!(again.is_already_exists(), "{again:?}");
+
+    // Two replicas read the same version; the first write wins, the second is a 409.
+    let read = leases.get("savepointd").await.unwrap();
+    assert_eq!(
+        read.metadata.resource_version,
+        created.metadata.resource_version
+    );
+    let mut by_b = read.clone();
+    by_b.spec.as_mut().unwrap().holder_identity = Some("b".into());
+    let mut by_c = read.clone();
+    by_c.spec.as_mut().unwrap().holder_identity = Some("c".into());
+    let won = leases.replace("savepointd", &pp, &by_b).await.unwrap();
+    assert_ne!(
+        won.metadata.resource_version,
+        read.metadata.resource_version
+    );
+    let Err(kube::Error::Api(lost)) = leases.replace("savepointd", &pp, &by_c).await else {
+        panic!("a write based on a stale read must fail");
+    };
+    assert!(lost.is_conflict(), "{lost:?}");
+    assert_eq!(kube.lease_holder("ops", "savepointd").as_deref(), Some("b"));
+    assert_eq!(won.metadata.uid, created.metadata.uid);
+
+    let Err(kube::Error::Api(missing)) = leases.replace("other", &pp, &lease("other", "a")).await
+    else {
+        panic!("replacing a Lease that does not exist must fail");
+    };
+    assert!(missing.is_not_found(), "{missing:?}");
+
+    // Only this namespace's Leases, and a watch sees the next write.
+    let elsewhere: Api<Lease> = Api::namespaced(kube_client(&kube, dir.path()).await, "other");
+    elsewhere
+        .create(&pp, &lease("savepointd", "z"))
+        .await
+        .unwrap();
+    let names: Vec<String> = leases
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|l| l.spec.unwrap().holder_identity.unwrap())
+        .collect();
+    assert_eq!(names, ["b"]);
+    let mut events = watcher(leases.clone(), watcher::Config::default())
+        .applied_objects()
+        .boxed();
+    let first = tokio::time::timeout(SETTLE, events.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.spec.unwrap().holder_identity.as_deref(), Some("b"));
+    let mut by_d = won.clone();
+    by_d.spec.as_mut().unwrap().holder_identity = Some("d".into());
+    leases.replace("savepointd", &pp, &by_d).await.unwrap();
+    let next = tokio::time::timeout(SETTLE, events.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.spec.unwrap().holder_identity.as_deref(), Some("d"));
+}
+
+#[tokio::test]
+async fn kubectl_gets_leases() {
+    let kube = KubeFake::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let leases: Api<Lease> = Api::namespaced(kube_client(&kube, home.path()).await, "ops");
+    leases
+        .create(
+            &PostParams::default(),
+            &lease("savepointd", "savepointd-0_1a2b3c"),
+        )
+        .await
+        .unwrap();
+    let kubeconfig = kube.write_kubeconfig(home.path());
+    let base = [
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "get",
+        "leases",
+        "-n",
+        "ops",
+    ];
+    let json_out = kubectl(home.path(), &[&base[..], &["-o", "json"]].concat()).await;
+    let list: Value = serde_json::from_str(&json_out).unwrap();
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{json_out}");
+    assert_eq!(items[0]["kind"], "Lease");
+    assert_eq!(items[0]["spec"]["holderIdentity"], "savepointd-0_1a2b3c");
+
+    let table = kubectl(home.path(), &base).await;
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "HOLDER", "AGE"], "{table}");
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(row[..2], ["savepointd", "savepointd-0_1a2b3c"], "{table}");
+
+    let one = kubectl(
+        home.path(),
+        &[&base[..], &["savepointd", "-o", "json"]].concat(),
+    )
+    .await;
+    let one: Value = serde_json::from_str(&one).unwrap();
+    assert_eq!(one["metadata"]["namespace"], "ops");
 }
 
 #[tokio::test]

@@ -28,6 +28,7 @@ KUBE_VERSION = "1.32"
 KIND_ORDER = [
     "Namespace",
     "NetworkPolicy",
+    "PodDisruptionBudget",
     "ServiceAccount",
     "Secret",
     "ConfigMap",

@@ -37,6 +37,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "multi-namespace": ci_values("multi-namespace"),
     "all-flags": ci_values("all-flags"),
     "cronjob": ci_values("cronjob"),
+    "ha": {"replicas": 2},
 }
 
 # Where each value set lets the daemon read pods: exactly these namespaces get a Role.
@@ -46,6 +47,7 @@ EXPECTED_POD_NAMESPACES = {
     "multi-namespace": ["flink-eu", "flink-us", "flink-shared"],
     "all-flags": ["flink"],
     "cronjob": ["flink"],
+    "ha": ["vvp-jobs"],
 }
 
 PODS_READ_ONLY = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
@@ -137,7 +139,11 @@ def test_every_manifest_is_valid_for_kubernetes(chart, name):
 def test_rbac_is_least_privilege(chart, name):
     objects = render(without_chart_files(VALUE_SETS[name]), chart=chart)
     assert not of_kind(objects, "ClusterRole") and not of_kind(objects, "ClusterRoleBinding")
-    roles, bindings = of_kind(objects, "Role"), of_kind(objects, "RoleBinding")
+    # The leader election Role (replicas > 1) is checked in test_ha_rbac_is_the_one_lease.
+    roles, bindings = (
+        [o for o in of_kind(objects, kind) if not o["metadata"]["name"].endswith("-leader-election")]
+        for kind in ("Role", "RoleBinding")
+    )
     expected = EXPECTED_POD_NAMESPACES[name]
     assert [r["metadata"]["namespace"] for r in roles] == expected
     assert [b["metadata"]["namespace"] for b in bindings] == expected
@@ -182,6 +188,111 @@ def test_rbac_can_be_left_to_the_cluster_admin(chart):
     assert not of_kind(objects, "Role") and not of_kind(objects, "ServiceAccount")
     pod = one(objects, "Deployment")["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "sp"
+
+
+# ------------------------------------------------------------------------------------------------
+# High availability (replicas > 1)
+# ------------------------------------------------------------------------------------------------
+
+LEASE_RULES = [
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["savepointd"],
+     "verbs": ["get", "update"]},
+    # RBAC cannot restrict create by resourceName.
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+]
+
+
+def test_one_replica_has_no_leader_election(chart):
+    objects = render({}, chart=chart)
+    deployment = one(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert "leaderElection" not in config_of(objects)
+    assert not of_kind(objects, "PodDisruptionBudget")
+    assert not [r for r in of_kind(objects, "Role") if r["metadata"]["name"].endswith("-leader-election")]
+    pod = deployment["spec"]["template"]["spec"]
+    assert "affinity" not in pod
+    assert {e["name"] for e in pod["containers"][0]["env"]} == {"RUST_LOG"}
+
+
+def test_ha_turns_on_leader_election_with_its_objects(chart):
+    objects = render({"replicas": 3}, chart=chart)
+    deployment = one(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    assert config_of(objects)["leaderElection"] == {"enabled": True, "leaseName": "savepointd"}
+    pdb = one(objects, "PodDisruptionBudget")
+    assert pdb["metadata"]["namespace"] == chartlib.NAMESPACE
+    assert pdb["spec"] == {
+        "minAvailable": 1,
+        "selector": {"matchLabels": deployment["spec"]["selector"]["matchLabels"]},
+    }
+    pod = deployment["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    preferred = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert preferred == [{
+        "weight": 100,
+        "podAffinityTerm": {
+            "topologyKey": "kubernetes.io/hostname",
+            "labelSelector": {"matchLabels": deployment["spec"]["selector"]["matchLabels"]},
+        },
+    }]
+    assert_valid_for_kubernetes(objects)
+
+
+def test_ha_durations_and_lease_name_reach_the_config(chart):
+    values = {"replicas": 2, "leaderElection": {"leaseName": "sp-lease", "leaseDuration": "30s",
+                                                "renewDeadline": "20s", "retryPeriod": "4s"}}
+    objects = render(values, chart=chart)
+    assert config_of(objects)["leaderElection"] == {
+        "enabled": True, "leaseName": "sp-lease", "leaseDuration": "30s", "renewDeadline": "20s",
+        "retryPeriod": "4s"}
+    role = [r for r in of_kind(objects, "Role") if r["metadata"]["name"].endswith("-leader-election")][0]
+    assert role["rules"][0]["resourceNames"] == ["sp-lease"]
+
+
+def test_ha_anti_affinity_choices(chart):
+    def affinity(values):
+        return one(render(values, chart=chart), "Deployment")["spec"]["template"]["spec"].get("affinity")
+
+    required = affinity({"replicas": 2, "podAntiAffinity": "required"})["podAntiAffinity"]
+    assert list(required) == ["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert affinity({"replicas": 2, "podAntiAffinity": "none"}) is None
+    own = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["ops"]}]}]}}}
+    assert affinity({"replicas": 2, "affinity": own}) == own
+
+
+def test_ha_rbac_is_the_one_lease(chart):
+    objects = render({"replicas": 2}, chart=chart)
+    roles = [r for r in of_kind(objects, "Role") if r["metadata"]["name"].endswith("-leader-election")]
+    bindings = [b for b in of_kind(objects, "RoleBinding") if b["metadata"]["name"].endswith("-leader-election")]
+    assert len(roles) == 1 and len(bindings) == 1
+    role, binding = roles[0], bindings[0]
+    # Only in the release namespace, only Leases, get/update only on the chart's Lease by name.
+    assert role["metadata"]["namespace"] == chartlib.NAMESPACE
+    assert role["rules"] == LEASE_RULES
+    assert binding["metadata"]["namespace"] == chartlib.NAMESPACE
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{
+        "kind": "ServiceAccount",
+        "name": one(objects, "ServiceAccount")["metadata"]["name"],
+        "namespace": chartlib.NAMESPACE,
+    }]
+    # The pod-reading Roles are unchanged.
+    others = [r for r in of_kind(objects, "Role") if r not in roles]
+    assert [r["rules"] for r in others] == [PODS_READ_ONLY]
+    text = (CHART_DIR / "templates" / "lease-role.yaml").read_text()
+    assert "cannot restrict `create` by resourceName" in text
+
+
+def test_ha_is_daemon_only(chart):
+    objects = render(chartlib.merge(VALUE_SETS["cronjob"], {"replicas": 2}), chart=chart)
+    assert not of_kind(objects, "PodDisruptionBudget")
+    assert "leaderElection" not in config_of(objects)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -508,6 +619,12 @@ BAD_VALUES = [
     ("resources not a map", {"resources": "small"}, ["/resources"]),
     ("bad CronJob schedule", {"cronjob": {"schedule": "daily"}}, ["/cronjob/schedule"]),
     ("CIDR without prefix", {"networkPolicy": {"egress": {"cidrs": ["10.0.0.1"]}}}, ["/networkPolicy/egress/cidrs/0"]),
+    ("zero replicas", {"replicas": 0}, ["/replicas"]),
+    ("replicas as a string", {"replicas": "2"}, ["/replicas"]),
+    ("bad lease name", {"leaderElection": {"leaseName": "Lease_1"}}, ["/leaderElection/leaseName"]),
+    ("bad lease duration", {"leaderElection": {"leaseDuration": "long"}}, ["/leaderElection/leaseDuration"]),
+    ("unknown leaderElection field", {"leaderElection": {"enabled": True}}, ["/leaderElection", "enabled"]),
+    ("bad anti-affinity", {"podAntiAffinity": "soft"}, ["/podAntiAffinity"]),
 ]
 
 
@@ -636,6 +753,8 @@ def test_daemon_check_config_accepts_the_rendered_config(chart, savepointd_bin, 
     config_file.write_text(text)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAVEPOINTD_")}
     env["VVP_STAGING_TOKEN"] = sentinel
+    # As the downward API sets it in the pod (replicas > 1: the Lease's namespace).
+    env["POD_NAMESPACE"] = chartlib.NAMESPACE
     result = subprocess.run(
         [savepointd_bin, "check-config", "--config", str(config_file)],
         capture_output=True,

@@ -59,6 +59,7 @@ CONTRACT = {
     "api_request_duration_seconds": "histogram",
     "build_info": "gauge",
     "config_info": "gauge",
+    "leader": "gauge",
 }
 
 # Grafana writes `$name`, `${name}` or `${name:format}`; `[[name]]` is the deprecated form.

@@ -1,5 +1,7 @@
-//! A fake Kubernetes API server that serves pods only: discovery, list, get and watch, with label
-//! selectors, resource versions, bookmarks, watch timeouts and server-side tables.
+//! A fake Kubernetes API server that serves pods (discovery, list, get and watch, with label
+//! selectors, resource versions, bookmarks, watch timeouts and server-side tables) and
+//! `coordination.k8s.io/v1` Leases (get, list, watch, create, and replace with resourceVersion
+//! preconditions: a stale or concurrent write is a 409 Conflict, as on a real API server).
 //!
 //! It is checked against the real `kubectl` and against kube-rs, so that a resolver tested here
 //! behaves the same against a real cluster.
@@ -18,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch as signal};
 use tokio::task::JoinHandle;
 
 use super::{lock, parse_query, query_value, uuid_v4};
@@ -53,6 +55,7 @@ impl KubeFake {
         let state = Arc::new(Shared {
             cluster: Mutex::new(Cluster::default()),
             events,
+            leases_held: signal::channel(false).0,
         });
         let app = Router::new().fallback(handle).with_state(state.clone());
         let server = tokio::spawn(async move {
@@ -89,6 +92,7 @@ impl KubeFake {
         cluster.publish(
             &self.state.events,
             Event {
+                resource: "pods",
                 resource_version,
                 kind: "ADDED",
                 namespace: namespace.to_string(),
@@ -124,6 +128,7 @@ impl KubeFake {
         cluster.publish(
             &self.state.events,
             Event {
+                resource: "pods",
                 resource_version,
                 kind: "DELETED",
                 namespace: namespace.to_string(),
@@ -132,6 +137,28 @@ impl KubeFake {
                 object: pod,
             },
         );
+    }
+
+    /// While `true`, every Lease request hangs without an answer (as an API server that is
+    /// unreachable for the replicas, or overloaded); `false` lets the waiting ones through.
+    pub fn hold_leases(&self, on: bool) {
+        self.state.leases_held.send_replace(on);
+    }
+
+    /// The Lease as stored, if it exists.
+    pub fn lease(&self, namespace: &str, name: &str) -> Option<Value> {
+        lock(&self.state.cluster)
+            .leases
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    /// The holder of a Lease; `None` when it is absent or free.
+    pub fn lease_holder(&self, namespace: &str, name: &str) -> Option<String> {
+        self.lease(namespace, name)?["spec"]["holderIdentity"]
+            .as_str()
+            .filter(|h| !h.is_empty())
+            .map(str::to_string)
     }
 
     /// Forgets the event history, so that a watch from any earlier resource version is answered
@@ -193,11 +220,14 @@ struct Shared {
     /// Sent while the cluster lock is held, and subscribed to under it, so that a watch sees each
     /// event exactly once: either in the log it copies or on the channel.
     events: broadcast::Sender<Event>,
+    /// `true` while Lease requests are held (see [`KubeFake::hold_leases`]).
+    leases_held: signal::Sender<bool>,
 }
 
 #[derive(Default)]
 struct Cluster {
     pods: BTreeMap<(String, String), Value>,
+    leases: BTreeMap<(String, String), Value>,
     resource_version: u64,
     pod_count: u32,
     log: Vec<Event>,
@@ -208,6 +238,8 @@ struct Cluster {
 
 #[derive(Clone)]
 struct Event {
+    /// `pods` or `leases`: a watch sees only its own resource.
+    resource: &'static str,
     resource_version: u64,
     kind: &'static str,
     namespace: String,
@@ -219,6 +251,29 @@ struct Event {
 }
 
 impl Cluster {
+    fn publish_lease(
+        &mut self,
+        events: &broadcast::Sender<Event>,
+        kind: &'static str,
+        namespace: &str,
+        lease: &Value,
+        resource_version: u64,
+    ) {
+        let labels = labels_of(lease);
+        self.publish(
+            events,
+            Event {
+                resource: "leases",
+                resource_version,
+                kind,
+                namespace: namespace.to_string(),
+                before: (kind != "ADDED").then(|| labels.clone()),
+                after: Some(labels),
+                object: lease.clone(),
+            },
+        );
+    }
+
     fn publish(&mut self, events: &broadcast::Sender<Event>, event: Event) {
         self.log.push(event.clone());
         // No subscriber is fine: nobody watches yet.
@@ -243,6 +298,7 @@ impl Cluster {
         self.publish(
             events,
             Event {
+                resource: "pods",
                 resource_version,
                 kind: "MODIFIED",
                 namespace: key.0.clone(),
@@ -467,6 +523,46 @@ async fn handle(State(state): State<Arc<Shared>>, request: Request) -> Response 
         } else {
             format!("{method} {path}?{shown_query}")
         });
+    if let [
+        "apis",
+        "coordination.k8s.io",
+        "v1",
+        "namespaces",
+        namespace,
+        "leases",
+        rest @ ..,
+    ] = path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        let (namespace, name) = (namespace.to_string(), rest.first().map(|n| n.to_string()));
+        if rest.len() > 1 {
+            return status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "the server could not find the requested resource",
+            );
+        }
+        // Held requests wait here, their connection open, until released.
+        let mut held = state.leases_held.subscribe();
+        let _ = held.wait_for(|on| !on).await;
+        let headers = request.headers().clone();
+        let body = match axum::body::to_bytes(request.into_body(), 1 << 20).await {
+            Ok(body) => body,
+            Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string()),
+        };
+        return leases(
+            &state,
+            &method,
+            &namespace,
+            name.as_deref(),
+            &query,
+            &headers,
+            &body,
+        );
+    }
     if method != Method::GET {
         return status(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -524,7 +620,28 @@ async fn handle(State(state): State<Arc<Shared>>, request: Request) -> Response 
         ),
         ["apis"] => json_response(
             StatusCode::OK,
-            json!({ "kind": "APIGroupList", "apiVersion": "v1", "groups": [] }),
+            json!({ "kind": "APIGroupList", "apiVersion": "v1", "groups": [coordination_group()] }),
+        ),
+        ["apis", "coordination.k8s.io"] => json_response(StatusCode::OK, {
+            let mut group = coordination_group();
+            group["kind"] = json!("APIGroup");
+            group["apiVersion"] = json!("v1");
+            group
+        }),
+        ["apis", "coordination.k8s.io", "v1"] => json_response(
+            StatusCode::OK,
+            json!({
+                "kind": "APIResourceList",
+                "apiVersion": "v1",
+                "groupVersion": "coordination.k8s.io/v1",
+                "resources": [{
+                    "name": "leases",
+                    "singularName": "lease",
+                    "namespaced": true,
+                    "kind": "Lease",
+                    "verbs": ["create", "get", "list", "update", "watch"],
+                }],
+            }),
         ),
         ["api", "v1", "pods"] => pods(&state, None, &query, request.headers()),
         ["api", "v1", "namespaces", namespace, "pods"] => {
@@ -553,6 +670,199 @@ async fn handle(State(state): State<Arc<Shared>>, request: Request) -> Response 
     }
 }
 
+fn coordination_group() -> Value {
+    let version = json!({ "groupVersion": "coordination.k8s.io/v1", "version": "v1" });
+    json!({ "name": "coordination.k8s.io", "versions": [version], "preferredVersion": version })
+}
+
+/// `coordination.k8s.io/v1` Leases in one namespace: list and watch, get, create, replace.
+fn leases(
+    state: &Arc<Shared>,
+    method: &Method,
+    namespace: &str,
+    name: Option<&str>,
+    query: &[(String, String)],
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    // A Lease body, or why it is not one (a 400's message).
+    let parse = || -> Result<Value, String> {
+        let value: Value =
+            serde_json::from_slice(body).map_err(|e| format!("invalid Lease: {e}"))?;
+        if value["kind"] != "Lease" || value["apiVersion"] != "coordination.k8s.io/v1" {
+            return Err("expected kind Lease, apiVersion coordination.k8s.io/v1".into());
+        }
+        Ok(value)
+    };
+    let key = |name: &str| (namespace.to_string(), name.to_string());
+    match (method.clone(), name) {
+        (Method::GET, None) => {
+            if matches!(query_value(query, "watch"), Some("true" | "1")) {
+                let selector =
+                    match Selector::parse(query_value(query, "labelSelector").unwrap_or("")) {
+                        Ok(selector) => selector,
+                        Err(message) => {
+                            return status(StatusCode::BAD_REQUEST, "BadRequest", &message);
+                        }
+                    };
+                return watch(state, "leases", Some(namespace), selector, query);
+            }
+            let cluster = lock(&state.cluster);
+            let items: Vec<Value> = cluster
+                .leases
+                .iter()
+                .filter(|((ns, _), _)| ns == namespace)
+                .map(|(_, lease)| lease.clone())
+                .collect();
+            if wants_table(headers) {
+                return json_response(
+                    StatusCode::OK,
+                    lease_table(&items, cluster.resource_version),
+                );
+            }
+            json_response(
+                StatusCode::OK,
+                json!({
+                    "kind": "LeaseList",
+                    "apiVersion": "coordination.k8s.io/v1",
+                    "metadata": { "resourceVersion": cluster.resource_version.to_string() },
+                    "items": items,
+                }),
+            )
+        }
+        (Method::GET, Some(name)) => {
+            let cluster = lock(&state.cluster);
+            match cluster.leases.get(&key(name)) {
+                Some(lease) if wants_table(headers) => json_response(
+                    StatusCode::OK,
+                    lease_table(std::slice::from_ref(lease), cluster.resource_version),
+                ),
+                Some(lease) => json_response(StatusCode::OK, lease.clone()),
+                None => lease_not_found(name),
+            }
+        }
+        (Method::POST, None) => {
+            let mut lease = match parse() {
+                Ok(lease) => lease,
+                Err(message) => return status(StatusCode::BAD_REQUEST, "BadRequest", &message),
+            };
+            let Some(name) = lease["metadata"]["name"].as_str().map(str::to_string) else {
+                return status(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Invalid",
+                    "metadata.name: Required value",
+                );
+            };
+            let mut cluster = lock(&state.cluster);
+            if cluster.leases.contains_key(&key(&name)) {
+                return status(
+                    StatusCode::CONFLICT,
+                    "AlreadyExists",
+                    &format!("leases.coordination.k8s.io \"{name}\" already exists"),
+                );
+            }
+            cluster.resource_version += 1;
+            let rv = cluster.resource_version;
+            let metadata = &mut lease["metadata"];
+            metadata["namespace"] = json!(namespace);
+            metadata["uid"] = json!(uuid_v4());
+            metadata["resourceVersion"] = json!(rv.to_string());
+            metadata["creationTimestamp"] =
+                json!(Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true));
+            cluster.leases.insert(key(&name), lease.clone());
+            cluster.publish_lease(&state.events, "ADDED", namespace, &lease, rv);
+            json_response(StatusCode::CREATED, lease)
+        }
+        (Method::PUT, Some(name)) => {
+            let mut lease = match parse() {
+                Ok(lease) => lease,
+                Err(message) => return status(StatusCode::BAD_REQUEST, "BadRequest", &message),
+            };
+            if lease["metadata"]["name"].as_str() != Some(name) {
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "the name of the object does not match the name on the URL",
+                );
+            }
+            let mut cluster = lock(&state.cluster);
+            let Some(current) = cluster.leases.get(&key(name)) else {
+                return lease_not_found(name);
+            };
+            // The precondition: a write based on an older read loses. Without a resourceVersion
+            // the update is unconditional, as Kubernetes allows for Leases.
+            let sent = lease["metadata"]["resourceVersion"].as_str().unwrap_or("");
+            if !sent.is_empty() && Some(sent) != current["metadata"]["resourceVersion"].as_str() {
+                return status(
+                    StatusCode::CONFLICT,
+                    "Conflict",
+                    &format!(
+                        "Operation cannot be fulfilled on leases.coordination.k8s.io \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+                    ),
+                );
+            }
+            for field in ["uid", "creationTimestamp"] {
+                lease["metadata"][field] = current["metadata"][field].clone();
+            }
+            cluster.resource_version += 1;
+            let rv = cluster.resource_version;
+            lease["metadata"]["namespace"] = json!(namespace);
+            lease["metadata"]["resourceVersion"] = json!(rv.to_string());
+            cluster.leases.insert(key(name), lease.clone());
+            cluster.publish_lease(&state.events, "MODIFIED", namespace, &lease, rv);
+            json_response(StatusCode::OK, lease)
+        }
+        _ => status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            &format!("the server does not allow this method on the requested resource: {method}"),
+        ),
+    }
+}
+
+fn lease_not_found(name: &str) -> Response {
+    status(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        &format!("leases.coordination.k8s.io \"{name}\" not found"),
+    )
+}
+
+/// A Table as the API server renders Leases for `kubectl get leases`: name, holder, age.
+fn lease_table(leases: &[Value], resource_version: u64) -> Value {
+    let now = Utc::now();
+    let rows: Vec<Value> = leases
+        .iter()
+        .map(|lease| {
+            let age = lease["metadata"]["creationTimestamp"]
+                .as_str()
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| human_age(now - t.with_timezone(&Utc)))
+                .unwrap_or_else(|| "<unknown>".to_string());
+            json!({
+                "cells": [lease["metadata"]["name"], lease["spec"]["holderIdentity"].as_str().unwrap_or(""), age],
+                "object": {
+                    "kind": "PartialObjectMetadata",
+                    "apiVersion": "meta.k8s.io/v1",
+                    "metadata": lease["metadata"],
+                },
+            })
+        })
+        .collect();
+    let column = |name: &str, format: &str, description: &str| json!({ "name": name, "type": "string", "format": format, "description": description, "priority": 0 });
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": { "resourceVersion": resource_version.to_string() },
+        "columnDefinitions": [
+            column("Name", "name", "Name must be unique within a namespace."),
+            column("Holder", "", "holderIdentity contains the identity of the holder of a current lease."),
+            column("Age", "", "CreationTimestamp is a timestamp representing the server time when this object was created."),
+        ],
+        "rows": rows,
+    })
+}
+
 fn wants_table(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::ACCEPT)
@@ -572,7 +882,7 @@ fn pods(
         Err(message) => return status(StatusCode::BAD_REQUEST, "BadRequest", &message),
     };
     if matches!(query_value(query, "watch"), Some("true" | "1")) {
-        return watch(state, namespace, selector, query);
+        return watch(state, "pods", namespace, selector, query);
     }
     let cluster = lock(&state.cluster);
     let items: Vec<Value> = cluster
@@ -673,14 +983,18 @@ fn watch_line(kind: &str, object: &Value) -> Bytes {
     Bytes::from(line)
 }
 
-fn bookmark(resource_version: u64, initial_events_end: bool) -> Bytes {
+fn bookmark(resource: &str, resource_version: u64, initial_events_end: bool) -> Bytes {
     let mut metadata = json!({ "resourceVersion": resource_version.to_string() });
     if initial_events_end {
         metadata["annotations"] = json!({ "k8s.io/initial-events-end": "true" });
     }
     watch_line(
         "BOOKMARK",
-        &json!({ "kind": "Pod", "apiVersion": "v1", "metadata": metadata }),
+        &if resource == "leases" {
+            json!({ "kind": "Lease", "apiVersion": "coordination.k8s.io/v1", "metadata": metadata })
+        } else {
+            json!({ "kind": "Pod", "apiVersion": "v1", "metadata": metadata })
+        },
     )
 }
 
@@ -700,8 +1014,13 @@ fn gone(message: &str) -> Bytes {
 }
 
 /// What a watch with this namespace and selector sees of an event, if anything.
-fn project(event: &Event, namespace: Option<&str>, selector: &Selector) -> Option<Bytes> {
-    if namespace.is_some_and(|n| n != event.namespace) {
+fn project(
+    event: &Event,
+    resource: &str,
+    namespace: Option<&str>,
+    selector: &Selector,
+) -> Option<Bytes> {
+    if event.resource != resource || namespace.is_some_and(|n| n != event.namespace) {
         return None;
     }
     let before = event.before.as_ref().is_some_and(|l| selector.matches(l));
@@ -717,6 +1036,7 @@ fn project(event: &Event, namespace: Option<&str>, selector: &Selector) -> Optio
 
 fn watch(
     state: &Arc<Shared>,
+    resource: &'static str,
     namespace: Option<&str>,
     selector: Selector,
     query: &[(String, String)],
@@ -759,15 +1079,19 @@ fn watch(
                         .log
                         .iter()
                         .filter(|e| e.resource_version > rv)
-                        .filter_map(|e| project(e, namespace.as_deref(), &selector)),
+                        .filter_map(|e| project(e, resource, namespace.as_deref(), &selector)),
                 );
             }
             // Without a resource version (or with "0", or for a streaming list), a watch starts
             // with the current state as synthetic ADDED events.
             _ => {
+                let objects = if resource == "leases" {
+                    &cluster.leases
+                } else {
+                    &cluster.pods
+                };
                 backlog.extend(
-                    cluster
-                        .pods
+                    objects
                         .iter()
                         .filter(|((ns, _), _)| namespace.as_deref().is_none_or(|n| n == ns))
                         .filter(|(_, pod)| selector.matches(&labels_of(pod)))
@@ -776,7 +1100,7 @@ fn watch(
             }
         }
         if bookmarks || initial_events {
-            backlog.push(bookmark(cluster.resource_version, initial_events));
+            backlog.push(bookmark(resource, cluster.resource_version, initial_events));
         }
         (
             receiver,
@@ -797,16 +1121,16 @@ fn watch(
                 _ = tokio::time::sleep_until(deadline) => {
                     // A clean end of the stream is how the API server says "watch again".
                     if bookmarks {
-                        let _ = sender.send(bookmark(seen, false)).await;
+                        let _ = sender.send(bookmark(resource, seen, false)).await;
                     }
                     return;
                 }
-                _ = tokio::time::sleep(BOOKMARK_EVERY), if bookmarks => bookmark(seen, false),
+                _ = tokio::time::sleep(BOOKMARK_EVERY), if bookmarks => bookmark(resource, seen, false),
                 _ = sender.closed() => return,
                 event = receiver.recv() => match event {
                     Ok(event) if event.resource_version > seen => {
                         seen = event.resource_version;
-                        match project(&event, namespace.as_deref(), &selector) {
+                        match project(&event, resource, namespace.as_deref(), &selector) {
                             Some(line) => line,
                             None => continue,
                         }

@@ -54,6 +54,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- .Values.server.listen | splitList ":" | last | int }}
 {{- end }}
 
+{{/* "true" when several replicas run and elect one that acts (mode daemon, replicas > 1). */}}
+{{- define "savepointd.ha" -}}
+{{- and (eq .Values.mode "daemon") (gt (int .Values.replicas) 1) | ternary "true" "" }}
+{{- end }}
+
+{{- define "savepointd.leaseName" -}}
+{{- .Values.leaderElection.leaseName | default (include "savepointd.fullname" .) }}
+{{- end }}
+
 {{- define "savepointd.configPath" -}}/etc/savepointd/config.yaml{{- end }}
 
 {{/* Where a platform's token and CA files are mounted. */}}
@@ -168,6 +177,16 @@ pod starts late (an image pull) still finds its slot. */}}
 {{- end }}
 {{ toYaml (dict "platforms" $platforms) }}
 {{ toYaml (dict "applications" $applications) }}
+{{- if include "savepointd.ha" . }}
+{{- /* The namespace is left to the daemon: the pod's own (POD_NAMESPACE), where the Role allows it. */}}
+{{- $election := dict "enabled" true "leaseName" (include "savepointd.leaseName" .) }}
+{{- range $field := list "leaseDuration" "renewDeadline" "retryPeriod" }}
+{{- with get $.Values.leaderElection $field }}
+{{- $_ := set $election $field . }}
+{{- end }}
+{{- end }}
+{{ toYaml (dict "leaderElection" $election) }}
+{{- end }}
 {{- end }}
 
 {{/* One projected volume per platform that mounts a token or CA from a Secret or ConfigMap. */}}
@@ -236,6 +255,17 @@ containers:
     env:
       - name: RUST_LOG
         value: {{ .Values.logLevel | quote }}
+      {{- if include "savepointd.ha" . }}
+      # The replica's name in the Lease, and the namespace the Lease lives in.
+      - name: POD_NAME
+        valueFrom:
+          fieldRef:
+            fieldPath: metadata.name
+      - name: POD_NAMESPACE
+        valueFrom:
+          fieldRef:
+            fieldPath: metadata.namespace
+      {{- end }}
       {{- with .Values.extraEnv }}
       {{- toYaml . | nindent 6 }}
       {{- end }}
@@ -296,8 +326,20 @@ nodeSelector:
 tolerations:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with .Values.affinity }}
+{{- if .Values.affinity }}
 affinity:
-  {{- toYaml . | nindent 2 }}
+  {{- toYaml .Values.affinity | nindent 2 }}
+{{- else if and (include "savepointd.ha" .) (ne .Values.podAntiAffinity "none") }}
+# Replicas on different nodes, so that one node's loss leaves a follower to take over.
+affinity:
+  podAntiAffinity:
+    {{- $term := dict "topologyKey" "kubernetes.io/hostname" "labelSelector" (dict "matchLabels" (include "savepointd.selectorLabels" . | fromYaml)) }}
+    {{- if eq .Values.podAntiAffinity "required" }}
+    requiredDuringSchedulingIgnoredDuringExecution:
+      {{- toYaml (list $term) | nindent 6 }}
+    {{- else }}
+    preferredDuringSchedulingIgnoredDuringExecution:
+      {{- toYaml (list (dict "weight" 100 "podAffinityTerm" $term)) | nindent 6 }}
+    {{- end }}
 {{- end }}
 {{- end }}
