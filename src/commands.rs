@@ -331,11 +331,7 @@ pub async fn status(config: &Config, output: Output) -> Result<(String, bool)> {
                 "next run",
             ]);
             for s in &statuses {
-                let id = match (&s.resolved_id, &s.error) {
-                    (Some(id), _) => id.clone(),
-                    (None, Some(e)) => format!("error: {e}"),
-                    (None, None) => "-".into(),
-                };
+                let id = s.resolved_id.clone().unwrap_or_else(|| "-".into());
                 let last = s.last_completed.as_ref().map_or("never".into(), |sp| {
                     format!(
                         "{} ({} ago)",
@@ -352,13 +348,17 @@ pub async fn status(config: &Config, output: Output) -> Result<(String, bool)> {
                         .collect::<Vec<_>>()
                         .join("\n")
                 };
-                let failed = s.last_failed.as_ref().map_or("-".into(), |sp| {
-                    format!(
+                // An error of this look (the name does not resolve, the platform cannot be read)
+                // belongs with the failures, not in the id column.
+                let failed = match (&s.error, &s.last_failed) {
+                    (Some(e), _) => format!("now: {e}"),
+                    (None, Some(sp)) => format!(
                         "{} ago: {}",
                         age(sp.created_at, now),
                         sp.failure.as_deref().unwrap_or("no message")
-                    )
-                });
+                    ),
+                    (None, None) => "-".into(),
+                };
                 let next = if s.paused {
                     "paused".into()
                 } else {

@@ -661,7 +661,7 @@ pub async fn recover(app: &App) {
                     .to_std()
                     .is_ok_and(|age| age <= app.config.timeout)
         }) {
-            info!(savepoint_id = %s.id, "adopting a savepoint started before the restart");
+            info!(savepoint_id = %s.id, "adopting a savepoint in flight that an earlier process or leader started");
             match follow(app, &target, s.clone()).await {
                 Ok(_) => info!(savepoint_id = %s.id, "adopted savepoint completed"),
                 Err(f) => {

@@ -578,7 +578,7 @@ async fn a_new_leader_adopts_the_savepoint_its_frozen_predecessor_had_in_flight(
         // Adopted while recovering (its first look at the platform on taking over) or when the
         // slot's run meets it.
         let log = other.log_text();
-        (log.contains("adopting a savepoint started before the restart")
+        (log.contains("adopting a savepoint in flight that an earlier process or leader started")
             || log.contains("adopting the slot's savepoint in flight"))
         .then_some(())
     })

@@ -561,6 +561,27 @@ def test_prometheus_rule_carries_the_chart_alerts(chart, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_absent_alert_watches_the_job_a_service_monitor_gives_this_release(chart):
+    require(RULES_FILE)
+    values = chartlib.merge(VALUE_SETS["all-flags"], {"grafanaDashboard": {"enabled": False}})
+
+    def absent_expr(objects):
+        rules = [r for g in one(objects, "PrometheusRule")["spec"]["groups"] for r in g["rules"]]
+        [absent] = [r for r in rules if r.get("alert") == "SavepointdAbsent"]
+        return absent["expr"]
+
+    # A release named otherwise: the ServiceMonitor's job label is the Service's name, sp-savepointd.
+    objects = chartlib.manifests(chartlib.render_files(values, chart=chart, name="sp"))
+    service = one(objects, "Service")["metadata"]["name"]
+    assert service == "sp-savepointd"
+    assert f'job="{service}"' in absent_expr(objects)
+    assert 'job="savepointd"' not in absent_expr(objects)
+    # Or the job a scrape config of one's own gives.
+    custom = chartlib.merge(values, {"prometheusRule": {"job": "flink-savepoints"}})
+    objects = chartlib.manifests(chartlib.render_files(custom, chart=chart, name="sp"))
+    assert 'job="flink-savepoints"' in absent_expr(objects)
+
+
 def test_dashboard_configmap_carries_the_chart_dashboard(chart):
     require(DASHBOARD_FILE)
     values = chartlib.merge(VALUE_SETS["all-flags"], {"prometheusRule": {"enabled": False}})
