@@ -127,6 +127,8 @@ pub async fn run_on(
             result.map_err(Error::Server)
         }
     };
+    let runtime = Arc::new(runtime);
+    let runtime_probe = runtime.clone();
     let scheduler = {
         let (health, token, metrics) = (health.clone(), token.clone(), metrics.clone());
         let grace = config.server.shutdown_grace;
@@ -161,7 +163,17 @@ pub async fn run_on(
         futures::future::join_all(watchers).await;
         Ok::<(), Error>(())
     };
-    tokio::try_join!(server, scheduler, signal, watchers)?;
+    let probes = {
+        let (runtime, token) = (runtime_probe, token.clone());
+        async move {
+            tokio::select! {
+                _ = runtime.probe_platforms() => {}
+                _ = token.cancelled() => {}
+            }
+            Ok::<(), Error>(())
+        }
+    };
+    tokio::try_join!(server, scheduler, signal, watchers, probes)?;
     tracing::info!("savepointd stopped");
     Ok(())
 }

@@ -40,6 +40,7 @@ struct Inner {
     build_info: IntGaugeVec,
     config_info: IntGaugeVec,
     leader: prometheus::IntGauge,
+    platform_up: IntGaugeVec,
 }
 
 const APP: &[&str] = &["application", "platform"];
@@ -214,6 +215,13 @@ impl Metrics {
                 "leader",
                 "1 on the replica that acts (always 1 without leader election), 0 on followers."
             ))),
+            platform_up: register!(IntGaugeVec::new(
+                opts(
+                    "platform_up",
+                    "1 when the platform's last API call was answered and authorised, 0 when it failed."
+                ),
+                &["platform"]
+            )),
             registry,
         };
         inner
@@ -290,6 +298,15 @@ impl Metrics {
             .api_requests
             .with_label_values(&[platform, operation, code])
             .inc();
+    }
+
+    /// Whether the platform's last call was answered and authorised (a 404 or a 409 is an answer; a
+    /// 401, a 5xx or no answer is not), so a wrong token or URL shows before the first slot.
+    pub fn platform_up(&self, platform: &str, up: bool) {
+        self.0
+            .platform_up
+            .with_label_values(&[platform])
+            .set(i64::from(up));
     }
 
     /// The Prometheus text exposition.

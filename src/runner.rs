@@ -759,6 +759,10 @@ mod tests {
             "fake"
         }
 
+        async fn probe(&self) -> PlatformResult<()> {
+            Ok(())
+        }
+
         async fn resolve(&self, application: &str) -> Result<Target, ResolveError> {
             Ok(Target {
                 application: application.into(),

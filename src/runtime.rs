@@ -41,6 +41,8 @@ pub struct App {
 
 pub struct Runtime {
     pub apps: Vec<Arc<App>>,
+    /// One client per configured platform, in config order.
+    pub platforms: Vec<Arc<dyn Platform>>,
     pub metrics: Metrics,
     pub mandate: Mandate,
     pod_indexes: Vec<PodIndex>,
@@ -99,12 +101,27 @@ impl Runtime {
         Ok((
             Runtime {
                 apps,
+                platforms: per_platform.into_iter().map(|(p, _, _)| p).collect(),
                 metrics,
                 mandate,
                 pod_indexes,
             },
             watchers,
         ))
+    }
+
+    /// Asks every platform once for an authenticated read and logs the answer, naming the platform and
+    /// the cause of a failure: a wrong URL or token shows at start, not at the first slot (01:00 for a
+    /// nightly schedule). `savepointd_platform_up` follows from the same calls.
+    pub async fn probe_platforms(&self) {
+        futures::future::join_all(self.platforms.iter().map(|p| async move {
+            match p.probe().await {
+                Ok(()) => tracing::info!(platform = %p.name(), "platform answers"),
+                Err(e) => tracing::error!(platform = %p.name(), reason = e.category(), error = %e,
+                    "platform cannot be used: savepoints on it will fail until this is fixed"),
+            }
+        }))
+        .await;
     }
 
     /// Waits until every pod cache has listed its pods once; false when shut down first.

@@ -436,3 +436,43 @@ async fn every_series_known_at_start_is_there_at_the_first_scrape() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_token_shows_at_start_not_at_the_first_slot() {
+    let f = fixture(VvpSimOptions::default()).await;
+    let (name, _) = APPS[1];
+    // Hourly, no catch-up: no slot falls inside the test; only the start-up probe asks the platform.
+    let yaml = f.config(
+        "",
+        &format!("  - name: {name}\n    schedule: \"@every 1h\"\n    startingDeadline: 1s\n"),
+    );
+    let up = "savepointd_platform_up{platform=\"vvp\"}";
+
+    let daemon = Daemon::start(&yaml).await;
+    let answered = eventually(Duration::from_secs(15), || async {
+        daemon.metric(up).await.filter(|v| *v == 1.0)
+    })
+    .await;
+    daemon.stop().await;
+    assert!(answered.is_some(), "the right token: platform_up 1");
+
+    std::fs::write(f.dir.path().join("token"), "not-the-token\n").unwrap();
+    let daemon = Daemon::start(&yaml).await;
+    let refused = eventually(Duration::from_secs(15), || async {
+        daemon.metric(up).await.filter(|v| *v == 0.0)
+    })
+    .await;
+    let metrics = daemon.get("/metrics").await.1;
+    daemon.stop().await;
+    assert!(
+        refused.is_some(),
+        "a 401 at start: platform_up 0\n{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            r#"savepointd_api_requests_total{code="401",operation="probe",platform="vvp"}"#
+        ),
+        "{metrics}"
+    );
+    assert!(f.vvp.triggers().is_empty(), "no slot ran");
+}

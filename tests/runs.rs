@@ -318,7 +318,14 @@ async fn status_reports_id_last_savepoint_and_next_run() {
     assert!(rows[1]["error"].as_str().unwrap().contains("not found"));
 
     let (table, _) = commands::status(&c, Output::Table).await.unwrap();
-    for needle in ["payments", APPS[1].1, "ago", "ghost", "paused", "now: application ghost"] {
+    for needle in [
+        "payments",
+        APPS[1].1,
+        "ago",
+        "ghost",
+        "paused",
+        "now: application ghost",
+    ] {
         assert!(table.contains(needle), "{needle}:\n{table}");
     }
     let ghost = table.lines().find(|l| l.contains("ghost")).unwrap();

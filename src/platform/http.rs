@@ -193,11 +193,15 @@ impl ApiClient {
             Err(e) => {
                 let code = if e.is_timeout() { "timeout" } else { "error" };
                 self.metrics.api_request(&self.platform, operation, code);
+                self.metrics.platform_up(&self.platform, false);
                 return Err(self.transport_error(operation, url, e));
             }
         };
         self.metrics
             .api_request(&self.platform, operation, status.as_str());
+        let authorised = !matches!(status.as_u16(), 401 | 403);
+        self.metrics
+            .platform_up(&self.platform, authorised && !status.is_server_error());
         if status.is_success() {
             return Ok(bytes);
         }

@@ -159,6 +159,10 @@ pub struct TriggerRequest<'a> {
 pub trait Platform: Send + Sync {
     fn name(&self) -> &str;
 
+    /// One authenticated read that any configured platform answers (at startup, so that a wrong URL or
+    /// token shows at once rather than at the first slot).
+    async fn probe(&self) -> Result<()>;
+
     /// Resolves an application name through the platform's own API.
     async fn resolve(&self, application: &str) -> Result<Target, ResolveError>;
 

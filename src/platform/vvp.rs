@@ -77,6 +77,13 @@ impl Platform for Vvp {
         self.api.platform()
     }
 
+    async fn probe(&self) -> Result<()> {
+        self.api
+            .get::<serde::de::IgnoredAny>("probe", &self.path("deployments"))
+            .await
+            .map(|_| ())
+    }
+
     async fn resolve(&self, application: &str) -> Result<Target, ResolveError> {
         let list: List<WireDeployment> = self
             .api

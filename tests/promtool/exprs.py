@@ -60,6 +60,7 @@ CONTRACT = {
     "build_info": "gauge",
     "config_info": "gauge",
     "leader": "gauge",
+    "platform_up": "gauge",
 }
 
 # Grafana writes `$name`, `${name}` or `${name:format}`; `[[name]]` is the deprecated form.

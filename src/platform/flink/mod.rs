@@ -163,6 +163,13 @@ impl Platform for Flink {
         self.api.platform()
     }
 
+    async fn probe(&self) -> Result<()> {
+        self.api
+            .get::<serde::de::IgnoredAny>("probe", "jobs/overview")
+            .await
+            .map(|_| ())
+    }
+
     async fn resolve(&self, application: &str) -> Result<Target, ResolveError> {
         let platform_error = |e| ResolveError::Platform(Box::new(e));
         let overview: WireOverview = self
