@@ -633,12 +633,11 @@ BAD_VALUES = [
     ("bad duration", {"defaults": {"retry": {"backoff": "soon"}}}, ["/defaults/retry/backoff"]),
     ("bad formatType", {"defaults": {"formatType": "canonical"}}, ["/defaults/formatType"]),
     ("unknown defaults field", {"defaults": {"keepLast": 7}}, ["/defaults", "keepLast"]),
-    ("bad cron", {"defaults": {"schedule": "nightly"}}, ["/defaults/schedule"]),
+    ("empty cron", {"defaults": {"schedule": " "}}, ["/defaults/schedule"]),
     ("rbac namespaces not a list", {"rbac": {"namespaces": "flink"}}, ["/rbac/namespaces"]),
     ("bad namespace name", {"rbac": {"namespaces": ["Flink_Jobs"]}}, ["/rbac/namespaces/0"]),
     ("listen without port", {"server": {"listen": "0.0.0.0"}}, ["/server/listen"]),
     ("resources not a map", {"resources": "small"}, ["/resources"]),
-    ("bad CronJob schedule", {"cronjob": {"schedule": "daily"}}, ["/cronjob/schedule"]),
     ("CIDR without prefix", {"networkPolicy": {"egress": {"cidrs": ["10.0.0.1"]}}}, ["/networkPolicy/egress/cidrs/0"]),
     ("zero replicas", {"replicas": 0}, ["/replicas"]),
     ("replicas as a string", {"replicas": "2"}, ["/replicas"]),
@@ -660,6 +659,13 @@ def test_schema_rejects_bad_values(chart, values, expected):
 TWO_PLATFORMS = [VVP, {"name": "f", "kind": "flink", "url": "http://jm:8081", "targetDirectory": "s3://b/sp"}]
 
 BAD_COMBINATIONS = [
+    # Cron field counts, in words rather than a schema pattern.
+    ("4-field cron", {"defaults": {"schedule": "0 1 * *"}},
+     ['defaults.schedule: "0 1 * *"', "expected 5 fields (minute hour day-of-month month day-of-week)", "found 4"]),
+    ("one word for a cron", {"applications": [{"name": "a", "schedule": "nightly"}]},
+     ["applications[0].schedule", '"nightly"', "found 1"]),
+    ("6-field CronJob schedule", {"cronjob": {"schedule": "0 0 1 * * *"}},
+     ["cronjob.schedule", "a Kubernetes CronJob schedule has 5 fields", "found 6"]),
     ("duplicate application", {"applications": ["a", {"name": "a"}]}, ["applications[1]", "duplicate", '"a"']),
     ("unknown platform", {"applications": [{"name": "a", "platform": "nope"}]}, ["applications[0].platform", '"nope"']),
     ("platform needed", {"platforms": TWO_PLATFORMS, "applications": ["a"]}, ["applications[0].platform"]),

@@ -99,7 +99,29 @@ otherwise; namespace "default").
 Checks across values that values.schema.json cannot express; a failure stops the install with the
 offending key named.
 */}}
+{{/*
+A cron schedule's field count, said in words (a schema pattern can only say that it does not match).
+Takes (dict "path" "defaults.schedule" "value" "0 1 * *" "seconds" true): `seconds` allows the daemon's
+6-field form; a Kubernetes CronJob takes 5 fields only. Aliases (@daily, @every 6h) are the daemon's to
+judge.
+*/}}
+{{- define "savepointd.checkSchedule" -}}
+{{- $s := trim .value }}
+{{- if not (hasPrefix "@" $s) }}
+{{- $n := len (splitList " " (regexReplaceAll "\\s+" $s " ")) }}
+{{- if and .seconds (not (or (eq $n 5) (eq $n 6))) }}
+{{- fail (printf "%s: %q: expected 5 fields (minute hour day-of-month month day-of-week) or 6 with seconds first, found %d" .path $s $n) }}
+{{- else if and (not .seconds) (ne $n 5) }}
+{{- fail (printf "%s: %q: a Kubernetes CronJob schedule has 5 fields (minute hour day-of-month month day-of-week) or is an alias like @daily, found %d fields" .path $s $n) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{- define "savepointd.validate" -}}
+{{- with .Values.defaults.schedule }}
+{{- include "savepointd.checkSchedule" (dict "path" "defaults.schedule" "value" . "seconds" true) }}
+{{- end }}
+{{- include "savepointd.checkSchedule" (dict "path" "cronjob.schedule" "value" .Values.cronjob.schedule "seconds" false) }}
 {{- $platformNames := list }}
 {{- range $i, $p := .Values.platforms }}
 {{- if has $p.name $platformNames }}
@@ -114,6 +136,9 @@ offending key named.
 {{- fail (printf "applications[%d]: duplicate application name %q" $i $app.name) }}
 {{- end }}
 {{- $appNames = append $appNames $app.name }}
+{{- with $app.schedule }}
+{{- include "savepointd.checkSchedule" (dict "path" (printf "applications[%d].schedule" $i) "value" . "seconds" true) }}
+{{- end }}
 {{- if $app.platform }}
 {{- if not (has $app.platform $platformNames) }}
 {{- fail (printf "applications[%d].platform: %q is not one of the configured platforms (%s)" $i $app.platform (join ", " $platformNames)) }}
