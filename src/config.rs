@@ -856,6 +856,14 @@ impl File {
         if self.platforms.is_empty() {
             problems.push("platforms", None, "at least one platform is required");
         }
+        // A daemon with nothing to do would start, report ready, and never take a savepoint.
+        if self.applications.is_empty() {
+            problems.push(
+                "applications",
+                None,
+                "at least one application is required: the names of the Flink applications to take savepoints of",
+            );
+        }
 
         let defaults = &self.defaults;
         let mut seen = BTreeMap::new();

@@ -211,9 +211,19 @@ fn bad_durations() {
 }
 
 #[test]
+fn a_config_without_applications_is_refused() {
+    for apps in ["applications: []\n", ""] {
+        assert_names(
+            &format!("{PLATFORM}{apps}"),
+            &["applications: at least one application is required"],
+        );
+    }
+}
+
+#[test]
 fn leader_election() {
     let c = config::from_yaml(&format!(
-        "{PLATFORM}leaderElection: {{ enabled: true, namespace: ops, leaseDuration: 3s, renewDeadline: 2s, retryPeriod: 500ms }}\n"
+        "{PLATFORM}leaderElection: {{ enabled: true, namespace: ops, leaseDuration: 3s, renewDeadline: 2s, retryPeriod: 500ms }}\napplications: [a]\n"
     ))
     .unwrap();
     let e = c.leader_election.expect("enabled");
@@ -223,14 +233,17 @@ fn leader_election() {
     );
     assert_eq!(e.retry_period, std::time::Duration::from_millis(500));
     // client-go's defaults; off unless enabled.
-    let c = config::from_yaml(&format!("{PLATFORM}leaderElection: {{ enabled: true }}\n")).unwrap();
+    let c = config::from_yaml(&format!(
+        "{PLATFORM}leaderElection: {{ enabled: true }}\napplications: [a]\n"
+    ))
+    .unwrap();
     let e = c.leader_election.unwrap();
     assert_eq!(
         [e.lease_duration, e.renew_deadline, e.retry_period].map(|d| d.as_secs()),
         [15, 10, 2]
     );
     assert!(
-        config::from_yaml(PLATFORM)
+        config::from_yaml(&format!("{PLATFORM}applications: [a]\n"))
             .unwrap()
             .leader_election
             .is_none()

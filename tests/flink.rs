@@ -138,7 +138,7 @@ applications:
 
     /// The platform client, as the daemon builds it.
     fn platform(&self) -> Arc<dyn Platform> {
-        platform::connect(&self.config(&[]).platforms[0], &Metrics::new())
+        platform::connect(&self.config(&["orders"]).platforms[0], &Metrics::new())
             .expect("platform connects")
     }
 }

@@ -348,7 +348,7 @@ mod tests {
         let ca = dir.path().join("ca.pem");
         std::fs::write(&ca, "not a certificate").unwrap();
         let mut platform = crate::config::from_yaml(
-            "platforms:\n  - name: vvp\n    kind: vvp\n    url: https://127.0.0.1:9\n",
+            "platforms:\n  - name: vvp\n    kind: vvp\n    url: https://127.0.0.1:9\napplications: [a]\n",
         )
         .unwrap()
         .platforms
