@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Auth, Config, Resolve};
 use crate::metrics::Metrics;
+use crate::model::wire_name;
 use crate::platform::{Savepoint, State};
 use crate::runner::{self, Outcome};
 use crate::runtime::{self, App, Runtime};
@@ -52,14 +53,6 @@ fn table(header: &[&str]) -> Table {
         t.set_width(columns);
     }
     t
-}
-
-/// An enum value as the platform spells it (`FULL`, `USER_REQUEST`), as in JSON output.
-fn wire_name(value: &impl Serialize) -> String {
-    serde_json::to_value(value)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {

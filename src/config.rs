@@ -594,25 +594,17 @@ pub fn check_files(config: &Config) -> Result<()> {
             None => {}
         }
         if let Some(ca) = &p.ca_file {
-            let shown = ca.display().to_string();
-            // As the HTTP client will read it: a bundle that parses, with a certificate in it.
-            match std::fs::read(ca) {
-                Ok(pem)
-                    if !reqwest::Certificate::from_pem_bundle(&pem)
-                        .is_ok_and(|c| !c.is_empty()) =>
-                {
-                    problems.push(
-                        format!("{path}.tls.caFile"),
-                        Some(&shown),
-                        "holds no PEM certificate",
-                    )
+            use crate::platform::http::{CaFileError, ca_certificates};
+            let reason = match ca_certificates(ca) {
+                Ok(_) => None,
+                Err(CaFileError::Unreadable(e)) => Some(format!("cannot read it: {e}")),
+                Err(CaFileError::NotPem(_) | CaFileError::NoCertificate) => {
+                    Some("holds no PEM certificate".to_owned())
                 }
-                Ok(_) => {}
-                Err(e) => problems.push(
-                    format!("{path}.tls.caFile"),
-                    Some(&shown),
-                    format!("cannot read it: {e}"),
-                ),
+            };
+            if let Some(reason) = reason {
+                let shown = ca.display().to_string();
+                problems.push(format!("{path}.tls.caFile"), Some(&shown), reason);
             }
         }
     }

@@ -73,9 +73,17 @@ impl State {
 
 impl fmt::Display for State {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = serde_json::to_value(self).expect("state serialises");
-        f.write_str(s.as_str().unwrap_or("UNKNOWN"))
+        f.write_str(&wire_name(self))
     }
+}
+
+/// An enum value of the model as the platforms spell it (`IN_PROGRESS`, `FULL`, `USER_REQUEST`), as in
+/// JSON output.
+pub fn wire_name(value: &impl Serialize) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| "UNKNOWN".to_owned())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -734,3 +734,38 @@ fn an_application_can_turn_inherited_retention_off() {
         &["applications[0].retention", "sometimes", "or off"],
     );
 }
+
+#[test]
+fn check_config_reads_the_ca_file_as_the_client_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "not a certificate").unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "platforms:\n  - name: vvp\n    kind: vvp\n    url: https://127.0.0.1:9\n    tls: {{ caFile: {} }}\n    resolve: {{ via: api }}\napplications: [a]\n",
+            ca.display()
+        ),
+    )
+    .unwrap();
+    let check = || {
+        savepointd()
+            .args(["--config", path.to_str().unwrap(), "check-config"])
+            .output()
+            .unwrap()
+    };
+    let out = check();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("platforms[0].tls.caFile") && err.contains("holds no PEM certificate"),
+        "{err}"
+    );
+    std::fs::remove_file(&ca).unwrap();
+    let err = String::from_utf8_lossy(&check().stderr).into_owned();
+    assert!(
+        err.contains("platforms[0].tls.caFile") && err.contains("cannot read it"),
+        "{err}"
+    );
+}

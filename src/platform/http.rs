@@ -56,17 +56,19 @@ impl ApiClient {
             .connect_timeout(platform.request_timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("savepointd/", env!("CARGO_PKG_VERSION")));
         if let Some(ca) = &platform.ca_file {
-            let pem = std::fs::read(ca)
-                .map_err(|e| setup(format!("cannot read tls.caFile {}: {e}", ca.display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| setup(format!("tls.caFile {} is not PEM: {e}", ca.display())))?;
-            // A file without a certificate would otherwise leave verification silently unchanged.
-            if certs.is_empty() {
-                return Err(setup(format!(
-                    "tls.caFile {} holds no PEM certificate",
-                    ca.display()
-                )));
-            }
+            let certs = ca_certificates(ca).map_err(|e| {
+                setup(match e {
+                    CaFileError::Unreadable(e) => {
+                        format!("cannot read tls.caFile {}: {e}", ca.display())
+                    }
+                    CaFileError::NotPem(e) => {
+                        format!("tls.caFile {} is not PEM: {e}", ca.display())
+                    }
+                    CaFileError::NoCertificate => {
+                        format!("tls.caFile {} holds no PEM certificate", ca.display())
+                    }
+                })
+            })?;
             for cert in certs {
                 builder = builder.add_root_certificate(cert);
             }
@@ -243,6 +245,27 @@ impl ApiClient {
             }
         }
     }
+}
+
+/// Why a `tls.caFile` cannot serve as trust roots.
+#[derive(Debug)]
+pub enum CaFileError {
+    Unreadable(std::io::Error),
+    NotPem(String),
+    /// A file without a certificate would otherwise leave verification silently unchanged.
+    NoCertificate,
+}
+
+/// The certificates of a `tls.caFile`, read as the HTTP client trusts them. `check-config` reads them
+/// through this too, so that what it accepts the client accepts.
+pub fn ca_certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, CaFileError> {
+    let pem = std::fs::read(path).map_err(CaFileError::Unreadable)?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| CaFileError::NotPem(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(CaFileError::NoCertificate);
+    }
+    Ok(certs)
 }
 
 /// The full chain of causes, each said once: reqwest's top-level message alone ("error sending

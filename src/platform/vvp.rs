@@ -368,10 +368,9 @@ pub fn refusal(origin: Origin, kind: SavepointType) -> Option<String> {
         return Some("retained checkpoint".into());
     }
     if kind == SavepointType::Unknown && !matches!(origin, Origin::UserRequest | Origin::Suspend) {
-        let origin = serde_json::to_value(origin).expect("origin serialises");
         return Some(format!(
             "type UNKNOWN with origin {} is not deletable",
-            origin.as_str().unwrap_or("UNKNOWN")
+            model::wire_name(&origin)
         ));
     }
     None
