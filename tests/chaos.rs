@@ -14,14 +14,14 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::SplitMix64;
 use support::fixture::annotation;
 use support::vvp_sim::{Deletion, Fault, Faults, RecordedRequest, VvpSim, VvpSimOptions};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 const TOKEN: &str = "vvp-chaos-token";
 const KEEP_LAST: usize = 2;
@@ -90,21 +90,9 @@ applications:
     path
 }
 
-/// Starts `savepointd run`, its output in a log file of its own. Killed on drop, so that a failing
-/// test leaves no process behind.
+/// Starts `savepointd run`, its output in a log file of its own.
 fn start(config: &Path, log: &Path) -> Child {
-    let out = std::fs::File::create(log).unwrap();
-    let err = out.try_clone().unwrap();
-    Command::new(env!("CARGO_BIN_EXE_savepointd"))
-        .args(["run", "--config"])
-        .arg(config)
-        .args(["--log-format", "text"])
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .kill_on_drop(true)
+    support::daemon_command(config, log)
         .spawn()
         .expect("start savepointd")
 }

@@ -12,7 +12,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -129,21 +129,10 @@ impl Replica {
     fn start(world: &World, name: &str) -> Replica {
         let port = support::free_port();
         let log = world.dir.path().join(format!("{name}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let err = out.try_clone().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_savepointd"))
-            .args(["run", "--config"])
-            .arg(&world.config)
-            .args(["--log-format", "text"])
+        let child = support::daemon_command(&world.config, &log)
             .env("SAVEPOINTD_SERVER__LISTEN", format!("127.0.0.1:{port}"))
             .env("SAVEPOINTD_LEADER_ELECTION__ENABLED", "true")
             .env("POD_NAME", name)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .kill_on_drop(true)
             .spawn()
             .expect("start savepointd");
         Replica {
@@ -177,6 +166,15 @@ impl Replica {
             .map(|v| v.trim() == "1")
     }
 
+    /// Whether this replica reports that it leads within `timeout`.
+    async fn leads_within(&self, timeout: Duration) -> bool {
+        eventually(timeout, || async {
+            self.leader().await.unwrap_or(false).then_some(())
+        })
+        .await
+        .is_some()
+    }
+
     fn pid(&self) -> u32 {
         self.child.id().expect("the replica runs")
     }
@@ -200,6 +198,17 @@ impl Replica {
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// Two replicas, once exactly one of them leads: the replicas and the leader's index.
+async fn two_replicas(world: &World) -> (Vec<Replica>, usize) {
+    let replicas = vec![
+        Replica::start(world, "replica-a"),
+        Replica::start(world, "replica-b"),
+    ];
+    let all: Vec<&Replica> = replicas.iter().collect();
+    let leader = sole_leader(&all, ELECTION).await.expect("one leads");
+    (replicas, leader)
 }
 
 /// The one replica that reports `savepointd_leader 1`, once exactly one does (the others answering
@@ -374,29 +383,21 @@ async fn exactly_one_leads_and_a_killed_leader_is_replaced() {
 async fn sigterm_releases_the_lease_and_a_follower_takes_over_within_seconds() {
     let _serial = SERIAL.lock().await;
     let world = world().await;
-    let mut replicas = vec![
-        Replica::start(&world, "replica-a"),
-        Replica::start(&world, "replica-b"),
-    ];
-    let all: Vec<&Replica> = replicas.iter().collect();
-    let leader = sole_leader(&all, ELECTION).await.expect("one leads");
+    let (mut replicas, leader) = two_replicas(&world).await;
     assert!(triggers_grow_past(&world.vvp, 0, ELECTION).await);
 
     let mut old = replicas.remove(leader);
     old.signal("TERM");
     let stopped = Instant::now();
     let follower = &replicas[0];
-    let took_over = eventually(ELECTION, || async {
-        follower.leader().await.unwrap_or(false).then_some(())
-    })
-    .await;
+    let took_over = follower.leads_within(ELECTION).await;
     let handover = stopped.elapsed();
     let status = old
         .exited_within(Duration::from_secs(20))
         .await
         .expect("the old leader exits");
     let exited = stopped.elapsed();
-    assert!(took_over.is_some(), "{} never took over", follower.name);
+    assert!(took_over, "{} never took over", follower.name);
     assert!(status.success(), "SIGTERM is a clean exit: {status:?}");
     assert!(
         old.log_text().contains("released the Lease"),
@@ -422,12 +423,7 @@ async fn sigterm_releases_the_lease_and_a_follower_takes_over_within_seconds() {
 async fn a_leader_cut_off_from_the_api_server_stops_before_its_lease_could_be_taken() {
     let _serial = SERIAL.lock().await;
     let world = world().await;
-    let mut replicas = vec![
-        Replica::start(&world, "replica-a"),
-        Replica::start(&world, "replica-b"),
-    ];
-    let all: Vec<&Replica> = replicas.iter().collect();
-    let leader = sole_leader(&all, ELECTION).await.expect("one leads");
+    let (mut replicas, leader) = two_replicas(&world).await;
     assert!(triggers_grow_past(&world.vvp, 0, ELECTION).await);
 
     world.kube.hold_leases(true);
@@ -466,11 +462,8 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_its_lease_could_be_ta
     // The API server comes back: the follower takes over once the lease has run out, and acts.
     world.kube.hold_leases(false);
     let follower = &replicas[0];
-    let took_over = eventually(ELECTION, || async {
-        follower.leader().await.unwrap_or(false).then_some(())
-    })
-    .await;
-    assert!(took_over.is_some(), "{} never took over", follower.name);
+    let took_over = follower.leads_within(ELECTION).await;
+    assert!(took_over, "{} never took over", follower.name);
     assert!(triggers_grow_past(&world.vvp, triggers_at_exit, ELECTION).await);
     assert_no_second_savepoint(&world.vvp, &[follower, &old]);
 }
@@ -479,12 +472,7 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_its_lease_could_be_ta
 async fn a_leader_frozen_past_its_lease_wakes_and_makes_no_second_savepoint() {
     let _serial = SERIAL.lock().await;
     let world = world().await;
-    let mut replicas = vec![
-        Replica::start(&world, "replica-a"),
-        Replica::start(&world, "replica-b"),
-    ];
-    let all: Vec<&Replica> = replicas.iter().collect();
-    let leader = sole_leader(&all, ELECTION).await.expect("one leads");
+    let (mut replicas, leader) = two_replicas(&world).await;
     assert!(triggers_grow_past(&world.vvp, 0, ELECTION).await);
 
     // Frozen: it cannot renew, and it cannot notice either.
@@ -492,12 +480,9 @@ async fn a_leader_frozen_past_its_lease_wakes_and_makes_no_second_savepoint() {
     frozen.signal("STOP");
     let stopped = Instant::now();
     let other = &replicas[0];
-    let took_over = eventually(ELECTION, || async {
-        other.leader().await.unwrap_or(false).then_some(())
-    })
-    .await;
+    let took_over = other.leads_within(ELECTION).await;
     let takeover = stopped.elapsed();
-    assert!(took_over.is_some(), "{} never took over", other.name);
+    assert!(took_over, "{} never took over", other.name);
     // The new leader makes the slots the frozen one would have made.
     let before = world.vvp.triggers().len();
     assert!(triggers_grow_past(&world.vvp, before, ELECTION).await);
@@ -549,12 +534,7 @@ async fn a_new_leader_adopts_the_savepoint_its_frozen_predecessor_had_in_flight(
     // Slots every 10 s, savepoints that take 6 s: the leader is frozen while its savepoint of a
     // slot is in flight, and its successor's catch-up meets that same slot.
     let world = world_with("*/10 * * * * *", Duration::from_secs(6)).await;
-    let mut replicas = vec![
-        Replica::start(&world, "replica-a"),
-        Replica::start(&world, "replica-b"),
-    ];
-    let all: Vec<&Replica> = replicas.iter().collect();
-    let leader = sole_leader(&all, ELECTION).await.expect("one leads");
+    let (mut replicas, leader) = two_replicas(&world).await;
     // A trigger made on time for its slot (not a startup catch-up of an older one).
     let slot = eventually(Duration::from_secs(30), || async {
         let now = chrono::Utc::now();
@@ -569,11 +549,8 @@ async fn a_new_leader_adopts_the_savepoint_its_frozen_predecessor_had_in_flight(
     let mut frozen = replicas.remove(leader);
     frozen.signal("STOP");
     let other = &replicas[0];
-    let took_over = eventually(ELECTION, || async {
-        other.leader().await.unwrap_or(false).then_some(())
-    })
-    .await;
-    assert!(took_over.is_some(), "{} never took over", other.name);
+    let took_over = other.leads_within(ELECTION).await;
+    assert!(took_over, "{} never took over", other.name);
     let adopted = eventually(ELECTION, || async {
         // Adopted while recovering (its first look at the platform on taking over) or when the
         // slot's run meets it.

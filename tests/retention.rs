@@ -105,6 +105,29 @@ fn deletes(f: &Fixture) -> BTreeSet<String> {
         .collect()
 }
 
+/// Savepoints savepointd made for the payments application, completed `days` ago each.
+fn seed_completed(f: &Fixture, savepoints: &[(&str, i64)]) {
+    for (id, days) in savepoints {
+        f.vvp.seed_savepoint(savepoint(
+            id,
+            *days,
+            "COMPLETED",
+            "USER_REQUEST",
+            "FULL",
+            true,
+        ));
+    }
+}
+
+/// The ids of the savepoints the simulator still holds, in its order.
+fn savepoint_ids(f: &Fixture) -> Vec<String> {
+    f.vvp
+        .savepoints()
+        .iter()
+        .map(|s| s["metadata"]["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 fn ids(list: &[&str]) -> BTreeSet<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
@@ -290,16 +313,7 @@ async fn the_daemon_prunes_after_every_successful_savepoint_and_counts_refusals(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deletion_whose_answer_was_lost_is_a_deletion_not_a_failure() {
     let f = fixture(VvpSimOptions::default()).await;
-    for (id, days) in [("old", 3), ("newer", 2), ("newest", 1)] {
-        f.vvp.seed_savepoint(savepoint(
-            id,
-            days,
-            "COMPLETED",
-            "USER_REQUEST",
-            "FULL",
-            true,
-        ));
-    }
+    seed_completed(&f, &[("old", 3), ("newer", 2), ("newest", 1)]);
     let c = config(&f, "{ keepLast: 2 }");
     // VVP accepts the DELETE, then the connection resets before its answer arrives.
     f.vvp.lose_next_answers_to("DELETE", 1);
@@ -316,12 +330,7 @@ async fn a_deletion_whose_answer_was_lost_is_a_deletion_not_a_failure() {
         .collect();
     assert_eq!(sent.len(), 1, "not sent again into a 409: {sent:#?}");
     assert!(sent[0].lost);
-    let left: Vec<String> = f
-        .vvp
-        .savepoints()
-        .iter()
-        .map(|s| s["metadata"]["id"].as_str().unwrap().to_owned())
-        .collect();
+    let left = savepoint_ids(&f);
     assert_eq!(left, ["newer", "newest"]);
 }
 
@@ -332,16 +341,7 @@ async fn a_prune_stops_between_deletions_when_shutdown_begins() {
         ..Default::default()
     })
     .await;
-    for (id, days) in [("a", 5), ("b", 4), ("c", 3), ("newest", 1)] {
-        f.vvp.seed_savepoint(savepoint(
-            id,
-            days,
-            "COMPLETED",
-            "USER_REQUEST",
-            "FULL",
-            true,
-        ));
-    }
+    seed_completed(&f, &[("a", 5), ("b", 4), ("c", 3), ("newest", 1)]);
     let c = config(&f, "{ keepLast: 1 }");
     let shutdown = CancellationToken::new();
     let stop = {
@@ -376,11 +376,6 @@ async fn a_prune_stops_between_deletions_when_shutdown_begins() {
         ids(&["a"]),
         "the deletion under way was finished, no other started"
     );
-    let left: Vec<String> = f
-        .vvp
-        .savepoints()
-        .iter()
-        .map(|s| s["metadata"]["id"].as_str().unwrap().to_owned())
-        .collect();
+    let left = savepoint_ids(&f);
     assert_eq!(left, ["b", "c", "newest"], "a is gone, whole");
 }

@@ -167,3 +167,23 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// `savepointd run --config <config>` as a test starts the real binary: text logs without colour into
+/// `log` (stdout and stderr), at info, killed on drop so that a failing test leaves no process behind.
+/// Callers add what is theirs (environment overrides) and spawn it.
+pub fn daemon_command(config: &std::path::Path, log: &std::path::Path) -> tokio::process::Command {
+    let out = std::fs::File::create(log).expect("create the daemon's log file");
+    let err = out.try_clone().expect("share the daemon's log file");
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_savepointd"));
+    command
+        .args(["run", "--config"])
+        .arg(config)
+        .args(["--log-format", "text"])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .kill_on_drop(true);
+    command
+}
