@@ -10,7 +10,7 @@ use comfy_table::{Cell, ContentArrangement, Table};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Auth, Config, Resolve};
+use crate::config::{Auth, Config, PlatformKind, Resolve};
 use crate::metrics::Metrics;
 use crate::model::wire_name;
 use crate::platform::{Savepoint, State};
@@ -80,18 +80,38 @@ pub fn check_config(config: &Config, now: DateTime<Utc>) -> String {
         "maxConcurrent",
     ]);
     for p in &config.platforms {
-        let resolve = match p.kind.resolve() {
-            Resolve::Api => "api".to_owned(),
-            Resolve::Pods(r) => format!(
+        let resolve = match (&p.kind, p.kind.resolve()) {
+            (PlatformKind::Cmf(cmf), _) if cmf.statements.is_empty() => {
+                format!("api (environment {})", cmf.environment)
+            }
+            (PlatformKind::Cmf(cmf), _) => format!(
+                "api (environment {}; statements: {})",
+                cmf.environment,
+                cmf.statements
+                    .iter()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            (_, Resolve::Api) => "api".to_owned(),
+            (_, Resolve::Pods(r)) => format!(
                 "pods in {} ({}; {} -> {})",
                 r.namespace, r.selector, r.name_label, r.id_label
             ),
         };
-        let auth = match &p.auth {
+        let mut auth = match &p.auth {
             None => "none".to_owned(),
             Some(Auth::TokenFile(path)) => format!("tokenFile {}", path.display()),
             Some(Auth::TokenEnv(var)) => format!("tokenEnv {var}"),
         };
+        if let Some(files) = &p.client_certificate {
+            let certificate = format!("client certificate {}", files.cert_file.display());
+            auth = if p.auth.is_some() {
+                format!("{auth}, {certificate}")
+            } else {
+                certificate
+            };
+        }
         platforms.add_row(vec![
             p.name.clone(),
             p.kind.to_string(),
@@ -205,13 +225,16 @@ pub async fn resolve(config: &Config, name: &str) -> Result<(String, bool)> {
     let session = Session::open(config).await?;
     let app = session.select(&[name.to_owned()])?.remove(0);
     Ok(match app.resolver.resolve(name).await {
-        Ok(t) => (
-            format!(
+        Ok(t) => {
+            let mut text = format!(
                 "{name} -> {}\n  platform: {}\n  source:   {}\n",
                 t.id, app.platform_name, t.source
-            ),
-            true,
-        ),
+            );
+            if let Some(w) = &t.warning {
+                text.push_str(&format!("  warning:  {w}\n"));
+            }
+            (text, true)
+        }
         Err(e) => (
             format!(
                 "{name} does not resolve on platform {}: {e}\n",
@@ -234,6 +257,9 @@ pub struct AppStatus {
     pub paused: bool,
     pub resolved_id: Option<String>,
     pub error: Option<String>,
+    /// What resolving found that an operator should know (CMF's own schedule active too).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
     pub last_completed: Option<Savepoint>,
     pub in_flight: Vec<Savepoint>,
     pub last_failed: Option<Savepoint>,
@@ -387,7 +413,14 @@ pub async fn status(config: &Config, output: Output) -> Result<(String, bool)> {
                     l.lease_transitions
                 ),
             };
-            format!("{leading}{t}\n")
+            let warnings: String = statuses
+                .iter()
+                .filter_map(|s| {
+                    let w = s.warning.as_ref()?;
+                    Some(format!("warning: {}: {w}\n", s.application))
+                })
+                .collect();
+            format!("{leading}{t}\n{warnings}")
         }
     };
     Ok((text, ok))
@@ -401,6 +434,7 @@ async fn app_status(app: Arc<App>, now: DateTime<Utc>) -> AppStatus {
         paused: c.paused,
         resolved_id: None,
         error: None,
+        warning: None,
         last_completed: None,
         in_flight: Vec::new(),
         last_failed: None,
@@ -415,6 +449,7 @@ async fn app_status(app: Arc<App>, now: DateTime<Utc>) -> AppStatus {
         }
     };
     s.resolved_id = Some(target.id.clone());
+    s.warning = target.warning.clone();
     match app.platform.list(&target).await {
         Ok(mut history) => {
             history.sort_by_key(|sp| sp.created_at);
@@ -629,6 +664,12 @@ fn prune_table(report: &crate::prune::Report, platform: &str, now: DateTime<Utc>
             report.deleted.len(),
             report.failed.len()
         );
+        if !report.pending.is_empty() {
+            head.push_str(&format!(
+                ", {} accepted and pending on the platform",
+                report.pending.len()
+            ));
+        }
         if report.interrupted > 0 {
             head.push_str(&format!(
                 ", {} left for the next run (shutting down)",
@@ -652,6 +693,7 @@ fn prune_table(report: &crate::prune::Report, platform: &str, now: DateTime<Utc>
             (true, true) => "would delete".to_owned(),
             (true, false) => match report.failed.iter().find(|f| f.savepoint == s.id) {
                 Some(f) => format!("not deleted: {}", f.message),
+                None if report.pending.contains(&s.id) => "deletion pending".to_owned(),
                 None => "deleted".to_owned(),
             },
         };

@@ -5,7 +5,7 @@
 //! [`File::validate`] parses every schedule, timezone and duration, resolves defaults and platform
 //! references, and collects *every* problem with its field path, so an operator fixes a config in one pass.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -216,6 +216,8 @@ pub struct PlatformFile {
     pub request_timeout: Option<String>,
     pub resolve: Option<ResolveFile>,
     pub target_directory: Option<String>,
+    /// `kind: cmf`: the CMF environment that holds the applications.
+    pub environment: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -229,6 +231,9 @@ pub struct AuthFile {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TlsFile {
     pub ca_file: Option<PathBuf>,
+    /// A client certificate and its key (PEM), for platforms that authenticate by mutual TLS (CMF).
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
     #[serde(default)]
     pub insecure: bool,
 }
@@ -260,6 +265,9 @@ pub struct ApplicationFile {
     pub starting_deadline: Option<String>,
     #[serde(default)]
     pub paused: bool,
+    /// `kind: cmf`: the name is a CMF statement, not a FlinkApplication.
+    #[serde(default)]
+    pub statement: bool,
 }
 
 /// An application's `retention`: a map of rules, or `off` (also `false`).
@@ -388,6 +396,7 @@ pub struct Kubernetes {
 pub enum PlatformKind {
     Vvp(VvpSettings),
     Flink(FlinkSettings),
+    Cmf(CmfSettings),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -403,11 +412,19 @@ pub struct FlinkSettings {
     pub target_directory: String,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CmfSettings {
+    pub environment: String,
+    /// The configured applications of this platform that are CMF statements (`statement: true`).
+    pub statements: BTreeSet<String>,
+}
+
 impl PlatformKind {
     pub fn name(&self) -> &'static str {
         match self {
             PlatformKind::Vvp(_) => "vvp",
             PlatformKind::Flink(_) => "flink",
+            PlatformKind::Cmf(_) => "cmf",
         }
     }
 
@@ -416,7 +433,7 @@ impl PlatformKind {
     pub fn resolve(&self) -> &Resolve {
         match self {
             PlatformKind::Vvp(vvp) => &vvp.resolve,
-            PlatformKind::Flink(_) => &Resolve::Api,
+            PlatformKind::Flink(_) | PlatformKind::Cmf(_) => &Resolve::Api,
         }
     }
 }
@@ -434,9 +451,17 @@ pub struct Platform {
     pub url: reqwest::Url,
     pub auth: Option<Auth>,
     pub ca_file: Option<PathBuf>,
+    pub client_certificate: Option<ClientCertificate>,
     pub insecure: bool,
     pub max_concurrent: usize,
     pub request_timeout: Duration,
+}
+
+/// `tls.certFile` and `tls.keyFile`: the certificate savepointd presents (mutual TLS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertificate {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -592,6 +617,12 @@ pub fn check_files(config: &Config) -> Result<()> {
                 "the environment variable is not set or empty",
             ),
             None => {}
+        }
+        if let Some(files) = &p.client_certificate
+            && let Err(reason) = crate::platform::http::client_identity(files)
+        {
+            let shown = files.cert_file.display().to_string();
+            problems.push(format!("{path}.tls.certFile"), Some(&shown), reason);
         }
         if let Some(ca) = &p.ca_file {
             use crate::platform::http::{CaFileError, ca_certificates};
@@ -829,7 +860,7 @@ impl File {
             ),
         };
 
-        let platforms: Vec<Platform> = self
+        let mut platforms: Vec<Platform> = self
             .platforms
             .iter()
             .enumerate()
@@ -886,6 +917,7 @@ impl File {
                 &mut problems,
             );
         }
+        mark_statements(&self.applications, &mut platforms, &mut problems);
         // The defaults are checked even when no application uses one of them, so that a typo in a
         // rarely-inherited default is caught now, not when it is first inherited.
         ApplicationFile {
@@ -1082,14 +1114,7 @@ impl PlatformFile {
         let kind = match self.kind.as_str() {
             "vvp" => self.validate_vvp(path, problems),
             "flink" => self.validate_flink(path, problems),
-            "cmf" => {
-                problems.push(
-                    format!("{path}.kind"),
-                    Some(&self.kind),
-                    "the cmf platform is not available in this version; use vvp or flink",
-                );
-                None
-            }
+            "cmf" => self.validate_cmf(path, problems),
             other => {
                 problems.push(
                     format!("{path}.kind"),
@@ -1154,6 +1179,30 @@ impl PlatformFile {
                     None
                 }
             });
+        let tls = self.tls.clone().unwrap_or_default();
+        let client_certificate = match (tls.cert_file, tls.key_file) {
+            (Some(cert_file), Some(key_file)) => Some(ClientCertificate {
+                cert_file,
+                key_file,
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                problems.push(
+                    format!("{path}.tls.keyFile"),
+                    None,
+                    "required with tls.certFile (the client certificate's private key)",
+                );
+                None
+            }
+            (None, Some(_)) => {
+                problems.push(
+                    format!("{path}.tls.certFile"),
+                    None,
+                    "required with tls.keyFile (the client certificate)",
+                );
+                None
+            }
+        };
         let max_concurrent = self.max_concurrent.unwrap_or(DEFAULT_MAX_CONCURRENT);
         if max_concurrent == 0 {
             problems.push(
@@ -1176,6 +1225,7 @@ impl PlatformFile {
             url: url?,
             auth,
             ca_file: self.tls.as_ref().and_then(|t| t.ca_file.clone()),
+            client_certificate,
             insecure: self.tls.as_ref().is_some_and(|t| t.insecure),
             max_concurrent,
             request_timeout,
@@ -1184,6 +1234,7 @@ impl PlatformFile {
 
     /// `kind: vvp`: a namespace and how names resolve; no `targetDirectory` (VVP chooses locations).
     fn validate_vvp(&self, path: &str, problems: &mut Problems) -> Option<PlatformKind> {
+        self.refuse_environment(path, problems);
         if let Some(dir) = &self.target_directory {
             problems.push(
                 format!("{path}.targetDirectory"),
@@ -1201,6 +1252,7 @@ impl PlatformFile {
     /// `kind: flink`: a `targetDirectory` on a storage savepointd can list; names resolve through the
     /// JobManager's API.
     fn validate_flink(&self, path: &str, problems: &mut Problems) -> Option<PlatformKind> {
+        self.refuse_environment(path, problems);
         if let Some(namespace) = &self.namespace {
             problems.push(
                 format!("{path}.namespace"),
@@ -1223,6 +1275,56 @@ impl PlatformFile {
         }
         Some(PlatformKind::Flink(FlinkSettings {
             target_directory: dir.clone(),
+        }))
+    }
+
+    fn refuse_environment(&self, path: &str, problems: &mut Problems) {
+        if let Some(environment) = &self.environment {
+            problems.push(
+                format!("{path}.environment"),
+                Some(environment),
+                "only for kind cmf",
+            );
+        }
+    }
+
+    /// `kind: cmf`: an environment; names are FlinkApplications (or statements) of it, read through
+    /// CMF's API; CMF chooses savepoint locations.
+    fn validate_cmf(&self, path: &str, problems: &mut Problems) -> Option<PlatformKind> {
+        for (field, value) in [
+            ("namespace", &self.namespace),
+            ("targetDirectory", &self.target_directory),
+        ] {
+            if let Some(value) = value {
+                problems.push(
+                    format!("{path}.{field}"),
+                    Some(value),
+                    "not used by kind cmf (applications live in a CMF environment: set environment)",
+                );
+            }
+        }
+        if self.resolve.is_some() {
+            problems.push(
+                format!("{path}.resolve"),
+                None,
+                "not used by kind cmf: names are looked up through CMF's API",
+            );
+        }
+        let Some(environment) = &self.environment else {
+            problems.push(
+                format!("{path}.environment"),
+                None,
+                "required for kind cmf (the CMF environment that holds the applications)",
+            );
+            return None;
+        };
+        if let Err(reason) = check_dns_label(environment) {
+            problems.push(format!("{path}.environment"), Some(environment), reason);
+            return None;
+        }
+        Some(PlatformKind::Cmf(CmfSettings {
+            environment: environment.clone(),
+            statements: BTreeSet::new(),
         }))
     }
 
@@ -1283,6 +1385,32 @@ impl PlatformFile {
                 );
                 None
             }
+        }
+    }
+}
+
+/// Tells each CMF platform which of its applications are statements (`statement: true`), a flag that
+/// means nothing on another kind.
+fn mark_statements(files: &[ApplicationFile], platforms: &mut [Platform], problems: &mut Problems) {
+    for (i, app) in files.iter().enumerate().filter(|(_, a)| a.statement) {
+        let platform = match (&app.platform, platforms.len()) {
+            (Some(name), _) => platforms.iter_mut().find(|p| &p.name == name),
+            (None, 1) => platforms.first_mut(),
+            (None, _) => None,
+        };
+        match platform.map(|p| &mut p.kind) {
+            Some(PlatformKind::Cmf(cmf)) => {
+                cmf.statements.insert(app.name.clone());
+            }
+            Some(other) => problems.push(
+                format!("applications[{i}].statement"),
+                Some("true"),
+                format!(
+                    "only for applications on a cmf platform; this one is on a {other} platform"
+                ),
+            ),
+            // The platform reference itself is reported where it is checked.
+            None => {}
         }
     }
 }

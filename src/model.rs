@@ -27,6 +27,10 @@ pub struct Target {
     pub id: String,
     /// Where the id came from, for `savepointd resolve` and logs ("pod flink/jm-0 label deploymentId").
     pub source: String,
+    /// Something about the target an operator should know, found while resolving it (CMF's own savepoint
+    /// schedule active on the same application): logged at startup and shown by `status` and `resolve`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -94,6 +98,10 @@ pub enum Origin {
     SuspendAndUpgrade,
     Copied,
     RetainedCheckpoint,
+    /// Taken by the platform for an upgrade (CMF's source UPGRADE).
+    Upgrade,
+    /// Taken by the platform's own schedule (CMF's source SCHEDULE).
+    Schedule,
     Unknown,
 }
 
@@ -214,6 +222,7 @@ pub fn unique(
             application: application.to_owned(),
             source: source(id),
             id: id.clone(),
+            warning: None,
         }),
         _ => Err(ResolveError::Ambiguous {
             application: application.to_owned(),

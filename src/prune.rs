@@ -8,7 +8,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::platform::{self, State, Target};
+use crate::platform::{self, Deletion, State, Target};
 use crate::retention::{self, Plan};
 use crate::runtime::App;
 
@@ -28,6 +28,9 @@ pub struct Report {
     pub dry_run: bool,
     pub plan: Plan,
     pub deleted: Vec<String>,
+    /// Deletions the platform accepted and finishes later by itself (CMF while the job is down):
+    /// neither failed nor to be sent again; the next list shows them in deletion.
+    pub pending: Vec<String>,
     pub failed: Vec<DeleteFailure>,
     /// Deletions not started because shutdown began; the next run plans them again.
     pub interrupted: usize,
@@ -57,6 +60,7 @@ pub async fn prune(
         application: c.name.clone(),
         dry_run,
         deleted: Vec::new(),
+        pending: Vec::new(),
         failed: Vec::new(),
         interrupted: 0,
         plan,
@@ -90,7 +94,12 @@ pub async fn prune(
         }
         let s = &d.savepoint;
         match app.platform.delete(target, s).await {
-            Ok(()) => {
+            Ok(Deletion::Pending(when)) => {
+                info!(application = %c.name, platform = %app.platform_name, savepoint_id = %s.id,
+                    reason = %d.reason, "savepoint deletion accepted; {when}");
+                report.pending.push(s.id.clone());
+            }
+            Ok(Deletion::Gone) => {
                 app.metrics.retention_deleted();
                 info!(application = %c.name, platform = %app.platform_name, savepoint_id = %s.id,
                     location = s.location.as_deref().unwrap_or(""), reason = %d.reason, "savepoint deleted");

@@ -436,8 +436,12 @@ async fn attempts(
         drop(permit);
         let failure = match result {
             Ok(outcome) => return Ok(outcome),
-            Err(Failure::Platform(e)) if triggered && e.may_have_acted() => {
-                warn!(error = %e, "the trigger's answer did not arrive; reading the platform's records before anything is sent again");
+            Err(Failure::Platform(e)) if triggered && e.look_before_resending() => {
+                if e.status() == Some(409) {
+                    info!(error = %e, "the slot's savepoint exists already; reading the platform's records to adopt it");
+                } else {
+                    warn!(error = %e, "the trigger's answer did not arrive; reading the platform's records before anything is sent again");
+                }
                 unsure = Some(Failure::Platform(e));
                 triggered = false;
                 continue;
@@ -613,6 +617,9 @@ pub async fn recover(app: &App) {
         let Ok(target) = app.resolver.resolve(&app.config.name).await else {
             return;
         };
+        if let Some(warning) = &target.warning {
+            warn!(target_id = %target.id, "{warning}");
+        }
         // Under a platform permit, like a run: a thousand applications starting at once would otherwise
         // all hold a request in flight (and its buffers) while they queue for a connection.
         let permit = app
@@ -691,7 +698,7 @@ mod tests {
     use crate::config;
     use crate::metrics::Metrics;
     use crate::model::{Managed, Origin, ResolveError, SavepointType};
-    use crate::platform::{Platform, Result as PlatformResult};
+    use crate::platform::{Deletion, Platform, Result as PlatformResult};
     use crate::resolve::Resolver;
 
     const APP: &str = "orders";
@@ -768,6 +775,7 @@ mod tests {
                 application: application.into(),
                 id: "job-1".into(),
                 source: "fake".into(),
+                warning: None,
             })
         }
 
@@ -816,7 +824,7 @@ mod tests {
             Ok(self.savepoints.lock().unwrap().clone())
         }
 
-        async fn delete(&self, _: &Target, _: &Savepoint) -> PlatformResult<()> {
+        async fn delete(&self, _: &Target, _: &Savepoint) -> PlatformResult<Deletion> {
             unreachable!("no retention in these tests")
         }
     }

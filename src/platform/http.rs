@@ -73,6 +73,10 @@ impl ApiClient {
                 builder = builder.add_root_certificate(cert);
             }
         }
+        if let Some(files) = &platform.client_certificate {
+            let identity = client_identity(files).map_err(setup)?;
+            builder = builder.identity(identity);
+        }
         if platform.insecure {
             builder = builder.danger_accept_invalid_certs(true);
         }
@@ -268,6 +272,27 @@ pub fn ca_certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, CaFileE
     Ok(certs)
 }
 
+/// The client certificate and key of `tls.certFile` / `tls.keyFile` (PEM), for mutual TLS. `check-config`
+/// reads them through this too.
+pub fn client_identity(files: &config::ClientCertificate) -> Result<reqwest::Identity, String> {
+    let read = |field: &str, path: &Path| {
+        std::fs::read(path).map_err(|e| format!("cannot read tls.{field} {}: {e}", path.display()))
+    };
+    let mut pem = read("certFile", &files.cert_file)?;
+    if !pem.ends_with(b"\n") {
+        pem.push(b'\n');
+    }
+    pem.extend(read("keyFile", &files.key_file)?);
+    reqwest::Identity::from_pem(&pem).map_err(|e| {
+        format!(
+            "tls.certFile {} and tls.keyFile {} are not a PEM certificate and its private key: {}",
+            files.cert_file.display(),
+            files.key_file.display(),
+            error_chain(&e)
+        )
+    })
+}
+
 /// The full chain of causes, each said once: reqwest's top-level message alone ("error sending
 /// request") says nothing, and hyper often repeats its cause's text.
 fn error_chain(e: &reqwest::Error) -> String {
@@ -283,14 +308,18 @@ fn error_chain(e: &reqwest::Error) -> String {
     parts.join(": ")
 }
 
-/// The platform's own words: VVP says `{"message": …}`, Flink `{"errors": […]}`.
+/// The platform's own words: VVP says `{"message": …}`, Flink `{"errors": ["…"]}`, CMF
+/// `{"errors": [{"message": "…"}]}`.
 fn error_message(status: StatusCode, body: &[u8]) -> String {
     if let Ok(v) = serde_json::from_slice::<Value>(body) {
         if let Some(m) = v.get("message").and_then(Value::as_str) {
             return m.to_owned();
         }
         if let Some(errors) = v.get("errors").and_then(Value::as_array) {
-            let all: Vec<_> = errors.iter().filter_map(Value::as_str).collect();
+            let all: Vec<_> = errors
+                .iter()
+                .filter_map(|e| e.as_str().or_else(|| e.get("message")?.as_str()))
+                .collect();
             if !all.is_empty() {
                 return all.join("; ");
             }
@@ -361,6 +390,13 @@ mod tests {
         assert_eq!(
             error_message(StatusCode::BAD_REQUEST, br#"{"errors":["a","b"]}"#),
             "a; b"
+        );
+        assert_eq!(
+            error_message(
+                StatusCode::CONFLICT,
+                br#"{"errors":[{"message":"Savepoint x already exists"}]}"#
+            ),
+            "Savepoint x already exists"
         );
         assert_eq!(error_message(StatusCode::BAD_GATEWAY, b""), "Bad Gateway");
     }

@@ -1,6 +1,7 @@
-//! Platforms: one trait, one implementation per API (`vvp.rs`, `flink/`), the HTTP plumbing they share
+//! Platforms: one trait, one implementation per API (`vvp.rs`, `flink/`, `cmf.rs`), the HTTP plumbing they share
 //! (`http.rs`), and how a configured platform becomes a client. A wire format lives in its own module only.
 
+pub mod cmf;
 pub mod flink;
 pub mod http;
 pub mod vvp;
@@ -134,6 +135,13 @@ impl Error {
         }
     }
 
+    /// Whether a failed create should be followed by a look at the platform's records rather than
+    /// counted as a failed attempt: the answer may have been lost, or (409) a resource of that name
+    /// exists already — on a platform whose savepoint names carry the slot (CMF), the slot's own.
+    pub fn look_before_resending(&self) -> bool {
+        self.may_have_acted() || self.status() == Some(409)
+    }
+
     /// The HTTP status, when the platform answered with one.
     pub fn status(&self) -> Option<u16> {
         match self {
@@ -174,9 +182,19 @@ pub trait Platform: Send + Sync {
     /// Every savepoint of the target, whoever created it.
     async fn list(&self, target: &Target) -> Result<Vec<Savepoint>>;
 
-    /// Deletes a savepoint and follows the deletion to its end: `Ok` once it is gone. A refusal (VVP's
-    /// 409) is an `Error::Status` carrying the platform's message; it is never forced.
-    async fn delete(&self, target: &Target, savepoint: &Savepoint) -> Result<()>;
+    /// Deletes a savepoint and follows the deletion to its end: `Ok(Gone)` once it is gone,
+    /// `Ok(Pending)` when the platform accepted it and finishes it later by itself (CMF while the job is
+    /// down): not a failure, and not to be sent again. A refusal (VVP's 409) is an `Error::Status`
+    /// carrying the platform's message; it is never forced.
+    async fn delete(&self, target: &Target, savepoint: &Savepoint) -> Result<Deletion>;
+}
+
+/// How an accepted deletion ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deletion {
+    Gone,
+    /// Accepted; the platform removes it later by itself. Says when.
+    Pending(String),
 }
 
 /// Builds the client for one configured platform.
@@ -189,6 +207,11 @@ pub fn connect(platform: &config::Platform, metrics: &Metrics) -> Result<Arc<dyn
     Ok(match &platform.kind {
         PlatformKind::Vvp(vvp) => Arc::new(vvp::Vvp::new(api, vvp.namespace.clone())),
         PlatformKind::Flink(flink) => Arc::new(flink::Flink::new(api, &flink.target_directory)?),
+        PlatformKind::Cmf(cmf) => Arc::new(cmf::Cmf::new(
+            api,
+            cmf.environment.clone(),
+            cmf.statements.clone(),
+        )),
     })
 }
 

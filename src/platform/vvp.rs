@@ -11,8 +11,9 @@ use serde_json::{Value, json};
 
 use super::http::{ApiClient, Retry};
 use super::{
-    ANNOTATION_APPLICATION, ANNOTATION_MANAGED_BY, ANNOTATION_SLOT, MANAGED_BY, Managed, Origin,
-    Platform, ResolveError, Result, Savepoint, SavepointType, State, Target, TriggerRequest,
+    ANNOTATION_APPLICATION, ANNOTATION_MANAGED_BY, ANNOTATION_SLOT, Deletion, MANAGED_BY, Managed,
+    Origin, Platform, ResolveError, Result, Savepoint, SavepointType, State, Target,
+    TriggerRequest,
 };
 use crate::model::{self, sanitize, slot_text};
 
@@ -155,7 +156,7 @@ impl Platform for Vvp {
             .collect()
     }
 
-    async fn delete(&self, target: &Target, savepoint: &Savepoint) -> Result<()> {
+    async fn delete(&self, target: &Target, savepoint: &Savepoint) -> Result<Deletion> {
         self.refuse_if_shared_elsewhere(target, savepoint).await?;
         // Never `?force=true`: VVP's prerequisites are the last line of defence.
         let path = self.path(&format!("savepoints/{}", savepoint.id));
@@ -172,7 +173,7 @@ impl Platform for Vvp {
             };
             // Gone already: deleted by someone else, or by a DELETE of ours whose answer was lost.
             if error.status() == Some(404) {
-                return Ok(());
+                return Ok(Deletion::Gone);
             }
             if !error.may_have_acted() || sent >= DELETE_SENDS {
                 return Err(error);
@@ -180,14 +181,16 @@ impl Platform for Vvp {
             // A lost answer is not a failed deletion: VVP may have accepted it. Resending would meet a
             // 409 (the resource is PENDING_DELETION now), so look at the resource instead.
             match self.get(target, &savepoint.id).await {
-                Err(e) if e.status() == Some(404) => return Ok(()),
+                Err(e) if e.status() == Some(404) => return Ok(Deletion::Gone),
                 // Untouched: the DELETE did not arrive. Send it again.
                 Ok(s) if s.state == savepoint.state => {}
                 Ok(_) => break,
                 Err(_) => return Err(error),
             }
         }
-        self.follow_deletion(target, savepoint).await
+        self.follow_deletion(target, savepoint)
+            .await
+            .map(|()| Deletion::Gone)
     }
 }
 

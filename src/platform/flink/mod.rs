@@ -28,8 +28,8 @@ use self::wire::{
 };
 use super::http::{ApiClient, Retry};
 use super::{
-    Error, Managed, Origin, Platform, ResolveError, Result, Savepoint, SavepointType, State,
-    Target, TriggerRequest,
+    Deletion, Error, Managed, Origin, Platform, ResolveError, Result, Savepoint, SavepointType,
+    State, Target, TriggerRequest,
 };
 use crate::model::{self, sanitize, slot_text};
 
@@ -353,7 +353,7 @@ impl Platform for Flink {
         Ok(out)
     }
 
-    async fn delete(&self, target: &Target, savepoint: &Savepoint) -> Result<()> {
+    async fn delete(&self, target: &Target, savepoint: &Savepoint) -> Result<Deletion> {
         let failed = |message: String| Error::DeletionFailed {
             platform: self.platform(),
             id: savepoint.id.clone(),
@@ -380,7 +380,7 @@ impl Platform for Flink {
             }
         };
         let reason = match self.dispose(&savepoint.id, location).await? {
-            Disposal::Done => return Ok(()),
+            Disposal::Done => return Ok(Deletion::Gone),
             Disposal::Refused {
                 reason,
                 unreadable: false,
@@ -407,7 +407,7 @@ impl Platform for Flink {
             .await
             .map_err(failed)?;
         tracing::info!(savepoint_id = %savepoint.id, location, objects = deleted, "savepoint files deleted");
-        Ok(())
+        Ok(Deletion::Gone)
     }
 }
 
