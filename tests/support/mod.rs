@@ -12,6 +12,7 @@ pub mod fixture;
 pub mod flink;
 pub mod kube_fake;
 pub mod tls;
+pub mod unreliable;
 pub mod vvp_sim;
 
 use std::collections::hash_map::RandomState;

@@ -12,35 +12,22 @@
 //! plan draws them at random, reproducibly; every accepted deletion is recorded with what a
 //! retention rule is checked against.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::io;
-use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::extract::connect_info::Connected;
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{Method, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::serve::{IncomingStream, Listener};
+use axum::http::{Method, StatusCode};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value, json};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use super::{SplitMix64, lock, parse_query, query_value, random_hex, uuid_v4};
+pub use super::unreliable::{Fault, FaultCounts, Faults, RecordedRequest};
+use super::unreliable::{Network, Simulated, serve};
+use super::{lock, query_value, random_hex, uuid_v4};
 
 /// The annotation VVP uses to decide whether a savepoint may be used for a restore.
 pub const SPEC_VERSION_ANNOTATION: &str =
     "com.dataartisans.appmanager.controller.deployment.spec.version";
-
-/// Requests larger than this are answered 400 rather than buffered.
-const MAX_BODY_BYTES: usize = 1 << 20;
 
 pub struct VvpSimOptions {
     pub namespace: String,
@@ -74,108 +61,6 @@ impl Default for VvpSimOptions {
     }
 }
 
-#[derive(Clone, Debug)]
-pub struct RecordedRequest {
-    pub method: String,
-    pub path: String,
-    /// The raw query string, as sent.
-    pub query: Option<String>,
-    /// The status of the answer, sent or not; 0 for a request whose connection was dropped before
-    /// it was handled.
-    pub status: u16,
-    /// The request was handled (`status` is what it was answered), then its connection was killed:
-    /// the client never saw the answer.
-    pub lost: bool,
-    /// What was injected into this request, if anything.
-    pub fault: Option<Fault>,
-    /// When the request arrived.
-    pub at: Instant,
-    pub authorization: Option<String>,
-    /// The request body when it was JSON.
-    pub body: Option<Value>,
-}
-
-/// A fault injected into the handling of one request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fault {
-    /// The connection was killed before the request was handled: nothing happened.
-    DropBefore,
-    /// Answered with this status without handling the request (`fail_next`, or the plan's 503).
-    Status(u16),
-    /// Handled, state changes included, then the connection was killed instead of answering, as
-    /// when a reset or a proxy timeout loses an answer the platform had already acted on.
-    LoseAfter,
-    /// Handled, then answered after this delay, so that a client with a shorter request timeout
-    /// gives up on a request that took effect.
-    Slow(Duration),
-}
-
-/// A seeded random fault plan, drawn once per request it applies to, in order of arrival: the same
-/// seed gives the same sequence of faults. The probabilities are exclusive and add up to 1 at most.
-#[derive(Clone, Debug, Default)]
-pub struct Faults {
-    pub seed: u64,
-    /// Connection killed before the request is handled.
-    pub drop_before: f64,
-    /// Request handled, then the connection killed before the answer.
-    pub lose_after: f64,
-    /// 503 without handling the request.
-    pub server_error: f64,
-    /// Request handled, then answered after `slow_by`.
-    pub slow: f64,
-    pub slow_by: Duration,
-    /// The methods the plan applies to (`"POST"`, `"DELETE"`); empty for every request.
-    pub methods: Vec<String>,
-}
-
-impl Faults {
-    fn applies_to(&self, method: &str) -> bool {
-        self.methods.is_empty() || self.methods.iter().any(|m| m.eq_ignore_ascii_case(method))
-    }
-
-    fn pick(&self, rng: &mut SplitMix64) -> Option<Fault> {
-        let draw = rng.next_f64();
-        let mut bound = 0.0;
-        for (probability, fault) in [
-            (self.drop_before, Fault::DropBefore),
-            (self.lose_after, Fault::LoseAfter),
-            (self.server_error, Fault::Status(503)),
-            (self.slow, Fault::Slow(self.slow_by)),
-        ] {
-            bound += probability;
-            if draw < bound {
-                return Some(fault);
-            }
-        }
-        None
-    }
-}
-
-/// How many faults of each kind were injected, whether planned or asked for one by one.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FaultCounts {
-    pub drop_before: usize,
-    pub lose_after: usize,
-    /// Answers of an injected status: the plan's 503s and `fail_next`.
-    pub server_error: usize,
-    pub slow: usize,
-}
-
-impl FaultCounts {
-    pub fn total(&self) -> usize {
-        self.drop_before + self.lose_after + self.server_error + self.slow
-    }
-
-    fn count(&mut self, fault: Fault) {
-        match fault {
-            Fault::DropBefore => self.drop_before += 1,
-            Fault::Status(_) => self.server_error += 1,
-            Fault::LoseAfter => self.lose_after += 1,
-            Fault::Slow(_) => self.slow += 1,
-        }
-    }
-}
-
 /// A deletion the simulator accepted (202), as the savepoint stood just before it.
 #[derive(Clone, Debug)]
 pub struct Deletion {
@@ -199,20 +84,6 @@ impl Deletion {
     }
 }
 
-/// Faults asked for one by one: the next `remaining` requests (of `method`, when set).
-struct NextFaults {
-    method: Option<String>,
-    remaining: usize,
-    fault: Fault,
-}
-
-impl RecordedRequest {
-    /// A decoded query parameter.
-    pub fn param(&self, key: &str) -> Option<String> {
-        query_value(&parse_query(self.query.as_deref()), key).map(str::to_string)
-    }
-}
-
 pub struct VvpSim {
     /// `http://127.0.0.1:PORT`, the VVP base URL without `/api`.
     pub url: String,
@@ -228,26 +99,9 @@ impl Drop for VvpSim {
 
 impl VvpSim {
     pub async fn start(opts: VvpSimOptions) -> VvpSim {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the VVP simulator to 127.0.0.1:0");
-        let addr = listener
-            .local_addr()
-            .expect("local address of the VVP simulator");
         let state = Arc::new(Mutex::new(Sim::new(opts)));
-        let app = Router::new().fallback(handle).with_state(state.clone());
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(
-                DroppableListener(listener),
-                app.into_make_service_with_connect_info::<Connection>(),
-            )
-            .await;
-        });
-        VvpSim {
-            url: format!("http://{addr}"),
-            state,
-            server,
-        }
+        let (url, server) = serve(state.clone()).await;
+        VvpSim { url, state, server }
     }
 
     pub fn namespace(&self) -> String {
@@ -332,73 +186,58 @@ impl VvpSim {
 
     /// Every request received, in order of arrival, rejected ones included.
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        lock(&self.state).requests.clone()
+        lock(&self.state).network.requests.clone()
     }
 
     /// The next `n` requests are answered `status` with `{"message":"injected"}`, touching nothing.
     pub fn fail_next(&self, n: usize, status: u16) {
-        lock(&self.state)
-            .fail_next
-            .extend(std::iter::repeat_n(status, n));
+        lock(&self.state).network.fail_next(n, status);
     }
 
     /// The next `n` requests get no answer: their connection is closed instead.
     pub fn drop_next(&self, n: usize) {
-        lock(&self.state).drop_next += n;
+        lock(&self.state).network.drop_next(n);
     }
 
     /// The next `n` requests are handled as usual, then their connection is killed: whatever the
     /// request changed stays changed, and the client gets no answer.
     pub fn lose_next_answers(&self, n: usize) {
-        self.next(None, n, Fault::LoseAfter);
+        lock(&self.state).network.next(None, n, Fault::LoseAfter);
     }
 
     /// As `lose_next_answers`, for the next `n` requests of `method` only.
     pub fn lose_next_answers_to(&self, method: &str, n: usize) {
-        self.next(Some(method), n, Fault::LoseAfter);
+        lock(&self.state)
+            .network
+            .next(Some(method), n, Fault::LoseAfter);
     }
 
     /// The next `n` requests are handled as usual and answered `by` later.
     pub fn slow_next_answers(&self, n: usize, by: Duration) {
-        self.next(None, n, Fault::Slow(by));
+        lock(&self.state).network.next(None, n, Fault::Slow(by));
     }
 
     /// As `slow_next_answers`, for the next `n` requests of `method` only.
     pub fn slow_next_answers_to(&self, method: &str, n: usize, by: Duration) {
-        self.next(Some(method), n, Fault::Slow(by));
-    }
-
-    fn next(&self, method: Option<&str>, n: usize, fault: Fault) {
-        if n == 0 {
-            return;
-        }
-        lock(&self.state).next_faults.push(NextFaults {
-            method: method.map(str::to_ascii_uppercase),
-            remaining: n,
-            fault,
-        });
+        lock(&self.state)
+            .network
+            .next(Some(method), n, Fault::Slow(by));
     }
 
     /// From now on every request the plan applies to draws its fault from the plan, unless a fault
     /// asked for one by one (`drop_next`, `fail_next`, `lose_next_answers`, …) comes first.
     pub fn set_faults(&self, faults: Faults) {
-        let total = faults.drop_before + faults.lose_after + faults.server_error + faults.slow;
-        assert!(
-            (0.0..=1.0).contains(&total),
-            "fault probabilities add up to {total}, not a probability"
-        );
-        let rng = SplitMix64::new(faults.seed);
-        lock(&self.state).faults = Some((faults, rng));
+        lock(&self.state).network.set_faults(faults);
     }
 
     /// No planned faults from now on.
     pub fn clear_faults(&self) {
-        lock(&self.state).faults = None;
+        lock(&self.state).network.clear_faults();
     }
 
     /// The faults injected so far, by kind.
     pub fn fault_counts(&self) -> FaultCounts {
-        lock(&self.state).fault_counts
+        lock(&self.state).network.fault_counts()
     }
 
     /// Every deletion accepted (202), in order, whether or not its answer reached the client.
@@ -412,7 +251,7 @@ impl VvpSim {
     }
 
     pub fn set_latency(&self, d: Duration) {
-        lock(&self.state).latency = d;
+        lock(&self.state).network.latency = d;
     }
 
     /// Savepoints of this deployment that complete from now on end FAILED with this message.
@@ -551,19 +390,13 @@ struct Sim {
     namespace: String,
     token: Option<String>,
     complete_after: Duration,
-    latency: Duration,
     bare_list: bool,
     delete_after: Duration,
     protect_latest: bool,
     deployments: Vec<Deployment>,
     entries: Vec<Entry>,
     triggers: Vec<Value>,
-    requests: Vec<RecordedRequest>,
-    fail_next: VecDeque<u16>,
-    drop_next: usize,
-    next_faults: Vec<NextFaults>,
-    faults: Option<(Faults, SplitMix64)>,
-    fault_counts: FaultCounts,
+    network: Network,
     deletions: Vec<Deletion>,
     failing: HashMap<String, String>,
     held: HashSet<String>,
@@ -658,19 +491,13 @@ impl Sim {
             namespace: opts.namespace,
             token: opts.token,
             complete_after: opts.complete_after,
-            latency: opts.latency,
             bare_list: opts.bare_list,
             delete_after: opts.delete_after,
             protect_latest: opts.protect_latest,
             deployments: Vec::new(),
             entries: Vec::new(),
             triggers: Vec::new(),
-            requests: Vec::new(),
-            fail_next: VecDeque::new(),
-            drop_next: 0,
-            next_faults: Vec::new(),
-            faults: None,
-            fault_counts: FaultCounts::default(),
+            network: Network::with_latency(opts.latency),
             deletions: Vec::new(),
             failing: HashMap::new(),
             held: HashSet::new(),
@@ -679,35 +506,6 @@ impl Sim {
             started_now: 0,
             max_started: 0,
         }
-    }
-
-    /// The fault for a request that just arrived: those asked for one by one come first (drops, then
-    /// statuses, then lost and late answers in the order they were asked for), then the plan's draw.
-    fn fault_for(&mut self, method: &str) -> Option<Fault> {
-        let fault = if self.drop_next > 0 {
-            self.drop_next -= 1;
-            Some(Fault::DropBefore)
-        } else if let Some(status) = self.fail_next.pop_front() {
-            Some(Fault::Status(status))
-        } else if let Some(next) = self
-            .next_faults
-            .iter_mut()
-            .find(|f| f.method.as_deref().is_none_or(|m| m == method))
-        {
-            next.remaining -= 1;
-            let fault = next.fault;
-            self.next_faults.retain(|f| f.remaining > 0);
-            Some(fault)
-        } else {
-            match &mut self.faults {
-                Some((plan, rng)) if plan.applies_to(method) => plan.pick(rng),
-                _ => None,
-            }
-        };
-        if let Some(fault) = fault {
-            self.fault_counts.count(fault);
-        }
-        fault
     }
 
     /// Applies every transition that is due by now. Completions are applied before anything the
@@ -761,72 +559,6 @@ impl Sim {
                 _ => {}
             }
             index += 1;
-        }
-    }
-
-    fn route(
-        &mut self,
-        method: &Method,
-        path: &str,
-        query: &[(String, String)],
-        body: &[u8],
-        authorization: Option<&str>,
-    ) -> Answer {
-        if let Some(token) = &self.token
-            && authorization != Some(format!("Bearer {token}").as_str())
-        {
-            return message(
-                StatusCode::UNAUTHORIZED,
-                "Full authentication is required to access this resource: missing or invalid API token",
-            );
-        }
-        let Some(rest) = path.strip_prefix("/api/v1/namespaces/") else {
-            return message(StatusCode::NOT_FOUND, format!("No resource at {path}"));
-        };
-        let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
-        let Some((&namespace, segments)) = segments.split_first() else {
-            return message(StatusCode::NOT_FOUND, format!("No resource at {path}"));
-        };
-        if namespace != self.namespace {
-            return message(
-                StatusCode::NOT_FOUND,
-                format!("Namespace '{namespace}' does not exist"),
-            );
-        }
-        self.advance();
-        match (method.clone(), segments) {
-            (Method::GET, ["savepoints"]) => self.list_savepoints(query),
-            (Method::POST, ["savepoints"]) => self.create_savepoint(body),
-            (Method::GET, ["savepoints", id]) => self.get_savepoint(id),
-            (Method::DELETE, ["savepoints", id]) => self.delete_savepoint(id, query),
-            (Method::GET, ["deployments"]) => {
-                let items = self
-                    .deployments
-                    .iter()
-                    .map(|d| d.to_json(&self.namespace))
-                    .collect();
-                (StatusCode::OK, self.list(items))
-            }
-            (Method::GET, ["deployments", id]) => {
-                match self
-                    .deployments
-                    .iter()
-                    .find(|d| d.id == *id || d.name == *id)
-                {
-                    Some(d) => (StatusCode::OK, d.to_json(&self.namespace)),
-                    None => message(
-                        StatusCode::NOT_FOUND,
-                        format!("Deployment '{id}' does not exist"),
-                    ),
-                }
-            }
-            (_, ["savepoints"] | ["savepoints", _] | ["deployments"] | ["deployments", _]) => {
-                message(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    format!("Request method '{method}' is not supported"),
-                )
-            }
-            _ => message(StatusCode::NOT_FOUND, format!("No resource at {path}")),
         }
     }
 
@@ -1142,6 +874,82 @@ impl Sim {
     }
 }
 
+impl Simulated for Sim {
+    fn network(&mut self) -> &mut Network {
+        &mut self.network
+    }
+
+    fn route(
+        &mut self,
+        method: &Method,
+        path: &str,
+        query: &[(String, String)],
+        body: &[u8],
+        authorization: Option<&str>,
+    ) -> Answer {
+        if let Some(token) = &self.token
+            && authorization != Some(format!("Bearer {token}").as_str())
+        {
+            return message(
+                StatusCode::UNAUTHORIZED,
+                "Full authentication is required to access this resource: missing or invalid API token",
+            );
+        }
+        let Some(rest) = path.strip_prefix("/api/v1/namespaces/") else {
+            return message(StatusCode::NOT_FOUND, format!("No resource at {path}"));
+        };
+        let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+        let Some((&namespace, segments)) = segments.split_first() else {
+            return message(StatusCode::NOT_FOUND, format!("No resource at {path}"));
+        };
+        if namespace != self.namespace {
+            return message(
+                StatusCode::NOT_FOUND,
+                format!("Namespace '{namespace}' does not exist"),
+            );
+        }
+        self.advance();
+        match (method.clone(), segments) {
+            (Method::GET, ["savepoints"]) => self.list_savepoints(query),
+            (Method::POST, ["savepoints"]) => self.create_savepoint(body),
+            (Method::GET, ["savepoints", id]) => self.get_savepoint(id),
+            (Method::DELETE, ["savepoints", id]) => self.delete_savepoint(id, query),
+            (Method::GET, ["deployments"]) => {
+                let items = self
+                    .deployments
+                    .iter()
+                    .map(|d| d.to_json(&self.namespace))
+                    .collect();
+                (StatusCode::OK, self.list(items))
+            }
+            (Method::GET, ["deployments", id]) => {
+                match self
+                    .deployments
+                    .iter()
+                    .find(|d| d.id == *id || d.name == *id)
+                {
+                    Some(d) => (StatusCode::OK, d.to_json(&self.namespace)),
+                    None => message(
+                        StatusCode::NOT_FOUND,
+                        format!("Deployment '{id}' does not exist"),
+                    ),
+                }
+            }
+            (_, ["savepoints"] | ["savepoints", _] | ["deployments"] | ["deployments", _]) => {
+                message(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!("Request method '{method}' is not supported"),
+                )
+            }
+            _ => message(StatusCode::NOT_FOUND, format!("No resource at {path}")),
+        }
+    }
+
+    fn error_body(text: &str) -> Value {
+        json!({ "message": text })
+    }
+}
+
 fn created_at(resource: &Value) -> Option<DateTime<Utc>> {
     str_at(resource, &["metadata", "createdAt"])
         .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
@@ -1150,187 +958,4 @@ fn created_at(resource: &Value) -> Option<DateTime<Utc>> {
 
 fn savepoint_id(resource: &Value) -> &str {
     str_at(resource, &["metadata", "id"]).unwrap_or("")
-}
-
-async fn handle(
-    State(state): State<Arc<Mutex<Sim>>>,
-    ConnectInfo(connection): ConnectInfo<Connection>,
-    request: Request,
-) -> Response {
-    let at = Instant::now();
-    let (parts, body) = request.into_parts();
-    let body = axum::body::to_bytes(body, MAX_BODY_BYTES).await;
-    let authorization = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let path = parts.uri.path().to_string();
-    let raw_query = parts.uri.query().map(str::to_string);
-    let (index, fault, latency) = {
-        let mut sim = lock(&state);
-        let fault = sim.fault_for(parts.method.as_str());
-        sim.requests.push(RecordedRequest {
-            method: parts.method.to_string(),
-            path: path.clone(),
-            query: raw_query.clone(),
-            status: 0,
-            lost: false,
-            fault,
-            at,
-            authorization: authorization.clone(),
-            body: body
-                .as_ref()
-                .ok()
-                .and_then(|b| serde_json::from_slice(b).ok()),
-        });
-        (sim.requests.len() - 1, fault, sim.latency)
-    };
-    if fault == Some(Fault::DropBefore) {
-        connection.kill();
-        return StatusCode::SERVICE_UNAVAILABLE.into_response();
-    }
-    tokio::time::sleep(latency).await;
-    let (status, answer) = match (fault, body) {
-        (Some(Fault::Status(code)), _) => (
-            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            json!({ "message": "injected" }),
-        ),
-        (_, Err(_)) => message(
-            StatusCode::BAD_REQUEST,
-            format!("Request body larger than {MAX_BODY_BYTES} bytes"),
-        ),
-        (_, Ok(body)) => lock(&state).route(
-            &parts.method,
-            &path,
-            &parse_query(raw_query.as_deref()),
-            &body,
-            authorization.as_deref(),
-        ),
-    };
-    {
-        // Recorded before the answer is lost or delayed: the client may give up on a slow answer,
-        // and the server then drops this future without running the rest.
-        let mut sim = lock(&state);
-        let recorded = &mut sim.requests[index];
-        recorded.status = status.as_u16();
-        recorded.lost = fault == Some(Fault::LoseAfter);
-    }
-    match fault {
-        Some(Fault::LoseAfter) => {
-            connection.kill();
-            return StatusCode::SERVICE_UNAVAILABLE.into_response();
-        }
-        Some(Fault::Slow(by)) => tokio::time::sleep(by).await,
-        _ => {}
-    }
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        answer.to_string(),
-    )
-        .into_response()
-}
-
-/// A TCP listener whose connections can be cut by the request handler, so that "no answer at all"
-/// can be simulated for one request even on a kept-alive connection.
-struct DroppableListener(TcpListener);
-
-#[derive(Clone, Debug)]
-struct Connection {
-    killed: Arc<AtomicBool>,
-}
-
-impl Connection {
-    fn kill(&self) {
-        self.killed.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Connected<IncomingStream<'_, DroppableListener>> for Connection {
-    fn connect_info(stream: IncomingStream<'_, DroppableListener>) -> Self {
-        stream.remote_addr().1.clone()
-    }
-}
-
-impl Listener for DroppableListener {
-    type Io = DroppableStream;
-    type Addr = (SocketAddr, Connection);
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.0.accept().await {
-                Ok((stream, peer)) => {
-                    let connection = Connection {
-                        killed: Arc::new(AtomicBool::new(false)),
-                    };
-                    let io = DroppableStream {
-                        inner: stream,
-                        killed: connection.killed.clone(),
-                    };
-                    return (io, (peer, connection));
-                }
-                // Out of file descriptors and the like: back off instead of spinning.
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        let connection = Connection {
-            killed: Arc::new(AtomicBool::new(false)),
-        };
-        Ok((self.0.local_addr()?, connection))
-    }
-}
-
-/// Once killed, every read and write fails, so the HTTP server gives up on the connection
-/// without writing a byte of the response.
-struct DroppableStream {
-    inner: TcpStream,
-    killed: Arc<AtomicBool>,
-}
-
-impl DroppableStream {
-    fn check(&self) -> io::Result<()> {
-        if self.killed.load(Ordering::SeqCst) {
-            Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "connection dropped on purpose",
-            ))
-        } else {
-            Ok(())
-        }
-    }
-}
-
-impl AsyncRead for DroppableStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        self.check()?;
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for DroppableStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.check()?;
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.check()?;
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
 }
