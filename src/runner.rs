@@ -121,7 +121,9 @@ impl Failure {
     fn is_retryable(&self) -> bool {
         match self {
             Failure::Failed { .. } | Failure::Vanished { .. } => true,
-            Failure::Platform(e) => e.status().is_none_or(|s| s >= 500),
+            // A 409 to a trigger whose name is taken by something other than the slot's savepoint:
+            // the next attempt has a name of its own.
+            Failure::Platform(e) => e.status().is_none_or(|s| s >= 500 || s == 409),
             Failure::Timeout { .. } | Failure::Shutdown => false,
         }
     }

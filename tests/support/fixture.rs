@@ -168,8 +168,13 @@ pub fn slot_of(savepoint: &Value) -> DateTime<Utc> {
 
 /// Triggers grouped by application annotation.
 pub fn triggers_by_app(vvp: &VvpSim) -> BTreeMap<String, Vec<Value>> {
+    triggers_by_annotation(&vvp.triggers())
+}
+
+/// Savepoints of any platform grouped by their `savepointd.io/application` annotation.
+pub fn triggers_by_annotation(triggers: &[Value]) -> BTreeMap<String, Vec<Value>> {
     let mut map: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    for t in vvp.triggers() {
+    for t in triggers.iter().cloned() {
         map.entry(annotation(&t, "savepointd.io/application").to_owned())
             .or_default()
             .push(t);

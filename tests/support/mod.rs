@@ -4,10 +4,15 @@
 //! - `vvp_sim`: Ververica Platform appmanager API v1 (savepoints and deployments), including its
 //!   unhappy paths (401, 409 on delete, FAILED savepoints, injected 5xx, dropped connections, answers
 //!   lost or late after the request was handled, latency, a seeded random fault plan).
+//! - `cmf_sim`: Confluent Manager for Apache Flink (savepoints of applications and statements), with
+//!   its unhappy paths (409 on a duplicate name, small pages, FAILED and ABANDONED savepoints, 503,
+//!   deletions pending while the job is down, the bearer token).
+//! - `unreliable`: the network faults and request record every simulator shares.
 //! - `kube_fake`: a Kubernetes API server small enough to read, big enough for kube-rs list/watch and
 //!   for the real `kubectl`.
 //! - `flink`: not a fake: a real Apache Flink session cluster, started through `scripts/flink_harness.py`.
 
+pub mod cmf_sim;
 pub mod fixture;
 pub mod flink;
 pub mod kube_fake;

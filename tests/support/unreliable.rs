@@ -352,6 +352,9 @@ async fn handle<S: Simulated>(
         Some(Fault::Slow(by)) => tokio::time::sleep(by).await,
         _ => {}
     }
+    if status == StatusCode::NO_CONTENT {
+        return status.into_response();
+    }
     (
         status,
         [(header::CONTENT_TYPE, "application/json")],
