@@ -15,9 +15,10 @@ use tokio_util::sync::CancellationToken;
 
 use savepointd::commands::{self, Output};
 use savepointd::config::Config;
-use support::cmf_sim::{CmfSim, CmfSimOptions, Fault};
+use support::cmf_sim::{CmfSim, CmfSimOptions};
 use support::fixture::{Daemon, annotation};
 use support::tls::TlsFront;
+use support::unreliable::Fault;
 
 const TOKEN: &str = "cmf-test-token";
 

@@ -19,7 +19,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
-pub use super::unreliable::{Fault, Faults, RecordedRequest};
+pub use super::unreliable::RecordedRequest;
 use super::unreliable::{Network, Simulated, serve};
 use super::{lock, query_value, random_hex, uuid_v4};
 
