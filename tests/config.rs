@@ -769,3 +769,59 @@ fn check_config_reads_the_ca_file_as_the_client_does() {
         "{err}"
     );
 }
+
+#[test]
+fn a_cmf_platform_needs_its_environment_and_takes_statements() {
+    let cmf = |fields: &str, apps: &str| {
+        format!(
+            "platforms:\n  - name: confluent\n    kind: cmf\n    url: https://cmf.example.com\n{fields}applications:\n{apps}"
+        )
+    };
+    let c = config::from_yaml(&cmf(
+        "    environment: prod\n    tls: { certFile: /c.pem, keyFile: /k.pem }\n",
+        "  - orders\n  - name: enrich\n    statement: true\n",
+    ))
+    .unwrap();
+    match &c.platforms[0].kind {
+        config::PlatformKind::Cmf(cmf) => {
+            assert_eq!(cmf.environment, "prod");
+            assert_eq!(cmf.statements.iter().collect::<Vec<_>>(), ["enrich"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(c.platforms[0].client_certificate.is_some());
+    assert_names(
+        &cmf("", "  - orders\n"),
+        &["platforms[0].environment", "required for kind cmf"],
+    );
+    assert_names(
+        &cmf(
+            "    environment: Prod_1\n    namespace: x\n    targetDirectory: file:///x\n",
+            "  - orders\n",
+        ),
+        &[
+            "platforms[0].environment",
+            "platforms[0].namespace",
+            "platforms[0].targetDirectory",
+        ],
+    );
+    assert_names(
+        &cmf(
+            "    environment: prod\n    tls: { certFile: /c.pem }\n",
+            "  - orders\n",
+        ),
+        &["platforms[0].tls.keyFile", "required with tls.certFile"],
+    );
+    // `statement` means something on CMF only; `environment` only there.
+    assert_names(
+        &format!("{PLATFORM}    environment: prod\napplications: [a]\n"),
+        &["platforms[0].environment", "only for kind cmf"],
+    );
+    assert_names(
+        &with_apps("  - name: a\n    statement: true\n"),
+        &[
+            "applications[0].statement",
+            "only for applications on a cmf platform",
+        ],
+    );
+}
