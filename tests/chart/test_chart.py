@@ -38,6 +38,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "all-flags": ci_values("all-flags"),
     "cronjob": ci_values("cronjob"),
     "ha": {"replicas": 2},
+    "cmf": ci_values("cmf"),
 }
 
 # Where each value set lets the daemon read pods: exactly these namespaces get a Role.
@@ -48,6 +49,7 @@ EXPECTED_POD_NAMESPACES = {
     "all-flags": ["flink"],
     "cronjob": ["flink"],
     "ha": ["vvp-jobs"],
+    "cmf": [],
 }
 
 PODS_READ_ONLY = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
@@ -358,6 +360,29 @@ def test_token_secrets_are_mounted_read_only(chart):
     assert all(m.get("readOnly") for m in container["volumeMounts"] if m["name"] != "tmp")
 
 
+def test_a_client_certificate_secret_is_mounted_and_named_in_the_config(chart):
+    objects = render(VALUE_SETS["cmf"], chart=chart)
+    config = config_of(objects)
+    token, mtls = config["platforms"]
+    assert token["environment"] == "prod" and token["auth"] == {"tokenFile": "/var/run/secrets/savepointd/confluent/token"}
+    assert mtls["tls"] == {
+        "caFile": "/var/run/secrets/savepointd/confluent-mtls/ca.crt",
+        "certFile": "/var/run/secrets/savepointd/confluent-mtls/client.crt",
+        "keyFile": "/var/run/secrets/savepointd/confluent-mtls/client.key",
+    }
+    assert config["applications"][1] == {"name": "enrich-clicks", "platform": "confluent", "statement": True}
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["platform-1"]["projected"]["sources"] == [
+        {"configMap": {"name": "cmf-ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+        {"secret": {"name": "savepointd-client-tls", "items": [
+            {"key": "tls.crt", "path": "client.crt"}, {"key": "tls.key", "path": "client.key"}]}},
+    ]
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["platform-1"]["mountPath"] == "/var/run/secrets/savepointd/confluent-mtls"
+    assert mounts["platform-1"]["readOnly"] is True
+
+
 def checksum(objects):
     return one(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
 
@@ -645,6 +670,15 @@ BAD_VALUES = [
     ("bad lease duration", {"leaderElection": {"leaseDuration": "long"}}, ["/leaderElection/leaseDuration"]),
     ("unknown leaderElection field", {"leaderElection": {"enabled": True}}, ["/leaderElection", "enabled"]),
     ("bad anti-affinity", {"podAntiAffinity": "soft"}, ["/podAntiAffinity"]),
+    ("cmf without environment", {"platforms": [VVP | {"kind": "cmf"}]}, ["/platforms/0", "environment"]),
+    ("cmf with a VVP namespace", {"platforms": [VVP | {"kind": "cmf", "environment": "prod", "namespace": "default"}]},
+     ["/platforms/0"]),
+    ("environment on vvp", {"platforms": [VVP | {"environment": "prod"}]}, ["/platforms/0"]),
+    ("certFile without keyFile", {"platforms": [VVP | {"tls": {"certFile": "/c.pem"}}]}, ["/platforms/0/tls", "keyFile"]),
+    ("two client certificate sources",
+     {"platforms": [VVP | {"tls": {"certFile": "/c", "keyFile": "/k", "clientCertificateSecret": {"name": "s"}}}]},
+     ["/platforms/0/tls/certFile"]),
+    ("statement not a boolean", {"applications": [{"name": "a", "statement": "yes"}]}, ["/applications/0/statement"]),
 ]
 
 
@@ -759,6 +793,27 @@ UD1hy3CDt+xKMLC5KGRZ
 """
 
 
+# A client certificate and its key (CN savepointd), standing in for a mounted kubernetes.io/tls Secret.
+TEST_CLIENT_CERT_PEM = """-----BEGIN CERTIFICATE-----
+MIIBgTCCASegAwIBAgIUEcypYfDVSnTq4R5OOZ5h+adwLRMwCgYIKoZIzj0EAwIw
+FTETMBEGA1UEAwwKc2F2ZXBvaW50ZDAgFw0yNjEyMDIxNTA0MTFaGA8yMTI2MTEw
+ODE1MDQxMVowFTETMBEGA1UEAwwKc2F2ZXBvaW50ZDBZMBMGByqGSM49AgEGCCqG
+SM49AwEHA0IABJdP8uJG/tU50fXMCZymccUU8sUfBJLgInBke3mQ4FJttqWfdXj3
+i8aR2lTKHYFopdEMA+wScHkQ43CkJ/OxW8+jUzBRMB0GA1UdDgQWBBRfA7QJCg0z
+9CBwtrK/sJrraDjO5DAfBgNVHSMEGDAWgBRfA7QJCg0z9CBwtrK/sJrraDjO5DAP
+BgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA0gAMEUCIQDSvDhr5VMVCQtAtXPc
+UGcN3zHMFipgQ2LF6nrkFZL7OAIgBRp9L9ZNG4xaSUiPqVJNOeLtCgu0JyXUG0cE
+TY5eE34=
+-----END CERTIFICATE-----
+"""
+TEST_CLIENT_KEY_PEM = """-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgNF1W0fQwePEjs+IS
+OtIvOtsuww4VVBSmk9S+UHqyq9ShRANCAASXT/LiRv7VOdH1zAmcpnHFFPLFHwSS
+4CJwZHt5kOBSbbaln3V494vGkdpUyh2BaKXRDAPsEnB5EONwpCfzsVvP
+-----END PRIVATE KEY-----
+"""
+
+
 @pytest.mark.parametrize("name", VALUE_SETS)
 def test_daemon_check_config_accepts_the_rendered_config(chart, savepointd_bin, name, tmp_path):
     sentinel = "tok-5b2c-never-printed"
@@ -771,6 +826,8 @@ def test_daemon_check_config_accepts_the_rendered_config(chart, savepointd_bin, 
         mounted = (
             ((platform.get("auth") or {}).get("tokenFile"), sentinel + "\n"),
             ((platform.get("tls") or {}).get("caFile"), TEST_CA_PEM),
+            ((platform.get("tls") or {}).get("certFile"), TEST_CLIENT_CERT_PEM),
+            ((platform.get("tls") or {}).get("keyFile"), TEST_CLIENT_KEY_PEM),
         )
         for path, content in mounted:
             if path and path.startswith(str(mount)):

@@ -178,6 +178,11 @@ references become the paths where the pod mounts them, so no token ever reaches 
 {{- $_ := unset $p.tls "existingSecret" }}
 {{- $_ := unset $p.tls "existingConfigMap" }}
 {{- end }}
+{{- if $p.tls.clientCertificateSecret }}
+{{- $_ := set $p.tls "certFile" (printf "%s/client.crt" $dir) }}
+{{- $_ := set $p.tls "keyFile" (printf "%s/client.key" $dir) }}
+{{- $_ := unset $p.tls "clientCertificateSecret" }}
+{{- end }}
 {{- end }}
 {{- $platforms = append $platforms $p }}
 {{- end }}
@@ -214,7 +219,8 @@ pod starts late (an image pull) still finds its slot. */}}
 {{- end }}
 {{- end }}
 
-{{/* One projected volume per platform that mounts a token or CA from a Secret or ConfigMap. */}}
+{{/* One projected volume per platform that mounts a token, CA or client certificate from a Secret or
+ConfigMap. */}}
 {{- define "savepointd.platformVolumes" -}}
 {{- range $i, $p := .Values.platforms }}
 {{- $sources := list }}
@@ -227,6 +233,9 @@ pod starts late (an image pull) still finds its slot. */}}
 {{- end }}
 {{- with $tls.existingConfigMap }}
 {{- $sources = append $sources (dict "configMap" (dict "name" .name "items" (list (dict "key" .key "path" "ca.crt")))) }}
+{{- end }}
+{{- with $tls.clientCertificateSecret }}
+{{- $sources = append $sources (dict "secret" (dict "name" .name "items" (list (dict "key" "tls.crt" "path" "client.crt") (dict "key" "tls.key" "path" "client.key")))) }}
 {{- end }}
 {{- if $sources }}
 - name: platform-{{ $i }}
@@ -241,7 +250,7 @@ pod starts late (an image pull) still finds its slot. */}}
 {{- define "savepointd.platformVolumeMounts" -}}
 {{- range $i, $p := .Values.platforms }}
 {{- $tls := $p.tls | default dict }}
-{{- if or ($p.auth | default dict).existingSecret $tls.existingSecret $tls.existingConfigMap }}
+{{- if or ($p.auth | default dict).existingSecret $tls.existingSecret $tls.existingConfigMap $tls.clientCertificateSecret }}
 - name: platform-{{ $i }}
   mountPath: {{ include "savepointd.platformDir" (dict "root" $ "platform" $p) }}
   readOnly: true
