@@ -11,9 +11,10 @@
 //!   [`model::Savepoint`] as any platform reports it (with the platform's own reason to keep it,
 //!   `protected`), resolution errors, and name sanitising.
 //! - [`platform`]: the [`platform::Platform`] trait. `platform/http.rs` is the shared HTTP plumbing (TLS,
-//!   tokens, API metrics, and resending only what never left); `platform/vvp.rs` and `platform/flink/`
-//!   (`wire.rs` the REST format, `storage.rs` the slot directories, `failure.rs` Flink's failure causes)
-//!   are the one place each that knows Ververica Platform's and Flink's formats and refusal rules.
+//!   tokens and client certificates, API metrics, and resending only what never left);
+//!   `platform/vvp.rs`, `platform/flink/` (`wire.rs` the REST format, `storage.rs` the slot directories,
+//!   `failure.rs` Flink's failure causes) and `platform/cmf.rs` are the one place each that knows
+//!   Ververica Platform's, Flink's and Confluent Manager for Apache Flink's formats and refusal rules.
 //! - [`resolve`]: application name -> [`model::Target`], from a Kubernetes pod watch cache
 //!   (`resolve/pods.rs`) or through the platform's API.
 //! - [`retention`]: the pure, platform-neutral retention planner: which savepoints to delete and why each
