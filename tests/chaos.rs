@@ -1,4 +1,5 @@
-//! Chaos: the daemon as its real binary against the VVP simulator, with a seeded fault plan on POST and
+//! Chaos: the daemon as its real binary against the VVP simulator, and against the CMF simulator, with a
+//! seeded fault plan on POST and
 //! DELETE (answers lost after the savepoint was made or the deletion accepted, answers later than the
 //! request timeout, 5xx, connections dropped before the request was handled), while the test kills the
 //! daemon with SIGKILL at random moments and starts it again.
@@ -19,11 +20,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::SplitMix64;
+use support::cmf_sim::{CmfSim, CmfSimOptions};
 use support::fixture::annotation;
-use support::vvp_sim::{Deletion, Fault, Faults, RecordedRequest, VvpSim, VvpSimOptions};
+use support::unreliable::{Fault, FaultCounts, Faults, RecordedRequest};
+use support::vvp_sim::{VvpSim, VvpSimOptions};
 use tokio::process::Child;
 
-const TOKEN: &str = "vvp-chaos-token";
+const TOKEN: &str = "chaos-token";
 const KEEP_LAST: usize = 2;
 
 const APPS: [(&str, &str); 4] = [
@@ -54,7 +57,139 @@ fn env_number(name: &str) -> Option<u64> {
     Some(parsed.unwrap_or_else(|e| panic!("{name}={text}: {e}")))
 }
 
-fn config(vvp: &VvpSim, dir: &Path) -> PathBuf {
+/// The platform under test, behind what the run looks at: its savepoints as it keeps them, the
+/// deletions it accepted, the requests it saw.
+enum Platform {
+    Vvp(VvpSim),
+    Cmf(CmfSim),
+}
+
+/// A deletion the platform accepted: the savepoint, its state then, and how many completed savepoints
+/// of its application were newer.
+struct Deleted {
+    savepoint: Value,
+    state: String,
+    newer_completed: usize,
+}
+
+impl Platform {
+    async fn start(kind: &str) -> Platform {
+        match kind {
+            "vvp" => {
+                let vvp = VvpSim::start(VvpSimOptions {
+                    token: Some(TOKEN.into()),
+                    complete_after: Duration::from_millis(300),
+                    ..Default::default()
+                })
+                .await;
+                for (name, id) in APPS {
+                    vvp.add_deployment(name, id, "RUNNING");
+                }
+                Platform::Vvp(vvp)
+            }
+            _ => {
+                let cmf = CmfSim::start(CmfSimOptions {
+                    token: Some(TOKEN.into()),
+                    complete_after: Duration::from_millis(300),
+                    // Several pages per list.
+                    max_page_size: 4,
+                    ..Default::default()
+                })
+                .await;
+                for (name, _) in APPS {
+                    cmf.add_application(name, "RUNNING");
+                }
+                Platform::Cmf(cmf)
+            }
+        }
+    }
+
+    /// The platform's entry in the config file.
+    fn config(&self) -> String {
+        match self {
+            Platform::Vvp(vvp) => format!(
+                "kind: vvp\n    url: {}\n    resolve: {{ via: api }}",
+                vvp.url
+            ),
+            Platform::Cmf(cmf) => format!("kind: cmf\n    url: {}\n    environment: prod", cmf.url),
+        }
+    }
+
+    fn set_faults(&self, faults: Faults) {
+        match self {
+            Platform::Vvp(vvp) => vvp.set_faults(faults),
+            Platform::Cmf(cmf) => cmf.network(|n| n.set_faults(faults)),
+        }
+    }
+
+    fn clear_faults(&self) {
+        match self {
+            Platform::Vvp(vvp) => vvp.clear_faults(),
+            Platform::Cmf(cmf) => cmf.network(|n| n.clear_faults()),
+        }
+    }
+
+    fn fault_counts(&self) -> FaultCounts {
+        match self {
+            Platform::Vvp(vvp) => vvp.fault_counts(),
+            Platform::Cmf(cmf) => cmf.network(|n| n.fault_counts()),
+        }
+    }
+
+    fn triggers(&self) -> Vec<Value> {
+        match self {
+            Platform::Vvp(vvp) => vvp.triggers(),
+            Platform::Cmf(cmf) => cmf.triggers(),
+        }
+    }
+
+    fn savepoints(&self) -> Vec<Value> {
+        match self {
+            Platform::Vvp(vvp) => vvp.savepoints(),
+            Platform::Cmf(cmf) => cmf.savepoints(),
+        }
+    }
+
+    fn requests(&self) -> Vec<RecordedRequest> {
+        match self {
+            Platform::Vvp(vvp) => vvp.requests(),
+            Platform::Cmf(cmf) => cmf.requests(),
+        }
+    }
+
+    fn deletions(&self) -> Vec<Deleted> {
+        match self {
+            Platform::Vvp(vvp) => vvp
+                .deletions()
+                .into_iter()
+                .map(|d| Deleted {
+                    savepoint: d.savepoint,
+                    state: d.state,
+                    newer_completed: d.newer_completed,
+                })
+                .collect(),
+            Platform::Cmf(cmf) => cmf
+                .deletions()
+                .into_iter()
+                .map(|d| Deleted {
+                    savepoint: d.savepoint,
+                    state: d.state,
+                    newer_completed: d.newer_completed,
+                })
+                .collect(),
+        }
+    }
+
+    /// The terminal states the platform lets savepointd delete from (DESIGN.md §5 rule 2).
+    fn deletable(&self, state: &str) -> bool {
+        match self {
+            Platform::Vvp(_) => matches!(state, "COMPLETED" | "FAILED" | "FAILED_DELETION"),
+            Platform::Cmf(_) => matches!(state, "COMPLETED" | "FAILED" | "ABANDONED"),
+        }
+    }
+}
+
+fn config(platform: &Platform, dir: &Path) -> PathBuf {
     let token = dir.join("token");
     std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
     let apps: String = APPS
@@ -69,16 +204,14 @@ defaults:
   retry: {{ maxAttempts: 3, backoff: 200ms }}
   retention: {{ keepLast: {KEEP_LAST} }}
 platforms:
-  - name: vvp
-    kind: vvp
-    url: {url}
+  - name: platform
+    {platform}
     auth: {{ tokenFile: {token} }}
     maxConcurrent: 8
     requestTimeout: 1s
-    resolve: {{ via: api }}
 applications:
 {apps}"#,
-        url = vvp.url,
+        platform = platform.config(),
         token = token.display(),
     );
     // A config the binary refuses would show only as daemons that exit at once.
@@ -121,12 +254,22 @@ fn app_of(savepoint: &Value) -> String {
     annotation(savepoint, "savepointd.io/application").to_string()
 }
 
+/// VVP's `createdAt`, CMF's `creationTimestamp`.
 fn created_at(savepoint: &Value) -> &str {
-    savepoint["metadata"]["createdAt"].as_str().unwrap_or("")
+    let metadata = &savepoint["metadata"];
+    metadata["createdAt"]
+        .as_str()
+        .or(metadata["creationTimestamp"].as_str())
+        .unwrap_or("")
 }
 
+/// VVP's id, CMF's name.
 fn id_of(savepoint: &Value) -> &str {
-    savepoint["metadata"]["id"].as_str().unwrap_or("")
+    let metadata = &savepoint["metadata"];
+    metadata["id"]
+        .as_str()
+        .or(metadata["name"].as_str())
+        .unwrap_or("")
 }
 
 /// The POSTs that asked for a savepoint of this application and slot, with what each met, for a
@@ -168,20 +311,21 @@ fn log_lines(logs: &[PathBuf], ids: &[&str]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slots_stay_single_and_retention_safe_under_faults_and_kills() {
+    chaos("vvp").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cmf_slots_stay_single_and_retention_safe_under_faults_and_kills() {
+    chaos("cmf").await;
+}
+
+async fn chaos(kind: &str) {
     let seed = env_number("CHAOS_SEED").unwrap_or_else(support::random_u64);
     let seconds = env_number("CHAOS_SECONDS").unwrap_or(24);
-    println!("chaos: CHAOS_SEED={seed} CHAOS_SECONDS={seconds}");
+    println!("chaos {kind}: CHAOS_SEED={seed} CHAOS_SECONDS={seconds}");
 
-    let vvp = VvpSim::start(VvpSimOptions {
-        token: Some(TOKEN.into()),
-        complete_after: Duration::from_millis(300),
-        ..Default::default()
-    })
-    .await;
-    for (name, id) in APPS {
-        vvp.add_deployment(name, id, "RUNNING");
-    }
-    vvp.set_faults(Faults {
+    let platform = Platform::start(kind).await;
+    platform.set_faults(Faults {
         seed,
         drop_before: 0.05,
         lose_after: 0.15,
@@ -192,7 +336,7 @@ async fn slots_stay_single_and_retention_safe_under_faults_and_kills() {
         methods: vec!["POST".into(), "DELETE".into()],
     });
     let dir = tempfile::tempdir().unwrap();
-    let config = config(&vvp, dir.path());
+    let config = config(&platform, dir.path());
     let mut kills = SplitMix64::new(seed ^ KILL_STREAM);
 
     let mut logs = vec![dir.path().join("daemon-0.log")];
@@ -225,22 +369,22 @@ async fn slots_stay_single_and_retention_safe_under_faults_and_kills() {
         crashes.push((logs.len() - 1, status));
     }
     let last_exit = stop(daemon).await;
-    vvp.clear_faults();
+    platform.clear_faults();
     // Savepoints still in flight complete on the platform by themselves.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // ---------------------------------------------------------------------------------------------
     // Figures
 
-    let triggers = vvp.triggers();
+    let triggers = platform.triggers();
     let mut by_slot: BTreeMap<(String, String), Vec<&Value>> = BTreeMap::new();
     for t in &triggers {
         let slot = annotation(t, "savepointd.io/slot").to_string();
         by_slot.entry((app_of(t), slot)).or_default().push(t);
     }
     let duplicates: Vec<_> = by_slot.iter().filter(|(_, ts)| ts.len() > 1).collect();
-    let deletions = vvp.deletions();
-    let savepoints = vvp.savepoints();
+    let deletions = platform.deletions();
+    let savepoints = platform.savepoints();
     let mut completed: BTreeMap<String, usize> =
         APPS.iter().map(|(name, _)| (name.to_string(), 0)).collect();
     let still_there = savepoints
@@ -257,7 +401,7 @@ async fn slots_stay_single_and_retention_safe_under_faults_and_kills() {
     for d in &deletions {
         *deleted_by_state.entry(d.state.as_str()).or_default() += 1;
     }
-    let requests = vvp.requests();
+    let requests = platform.requests();
     let lost: BTreeMap<&str, usize> =
         requests
             .iter()
@@ -266,9 +410,9 @@ async fn slots_stay_single_and_retention_safe_under_faults_and_kills() {
                 *m.entry(r.method.as_str()).or_default() += 1;
                 m
             });
-    let faults = vvp.fault_counts();
+    let faults = platform.fault_counts();
     println!(
-        "chaos: seed {seed}, {seconds} s, {} requests, faults injected: {} lost after handling {lost:?}, \
+        "chaos {kind}: seed {seed}, {seconds} s, {} requests, faults injected: {} lost after handling {lost:?}, \
          {} late by 1.5 s, {} 503, {} dropped before handling",
         requests.len(),
         faults.lose_after,
@@ -277,21 +421,21 @@ async fn slots_stay_single_and_retention_safe_under_faults_and_kills() {
         faults.drop_before,
     );
     println!(
-        "chaos: {} daemon starts ({} restarts after kill -9), {} exited by themselves, last exit {last_exit:?}",
+        "chaos {kind}: {} daemon starts ({} restarts after kill -9), {} exited by themselves, last exit {last_exit:?}",
         logs.len(),
         logs.len() - 1,
         crashes.len(),
     );
     println!(
-        "chaos: {} savepoints triggered for {} slots; {} slots with more than one savepoint ({} extra savepoints)",
+        "chaos {kind}: {} savepoints triggered for {} slots; {} slots with more than one savepoint ({} extra savepoints)",
         triggers.len(),
         by_slot.len(),
         duplicates.len(),
         duplicates.iter().map(|(_, ts)| ts.len() - 1).sum::<usize>(),
     );
-    println!("chaos: completed per application: {completed:?}");
+    println!("chaos {kind}: completed per application: {completed:?}");
     println!(
-        "chaos: {} deletions accepted, by state then: {deleted_by_state:?}",
+        "chaos {kind}: {} deletions accepted, by state then: {deleted_by_state:?}",
         deletions.len()
     );
 
@@ -320,10 +464,10 @@ async fn slots_stay_single_and_retention_safe_under_faults_and_kills() {
             ));
         }
     }
-    let unsafe_deletions: Vec<&Deletion> = deletions
+    let unsafe_deletions: Vec<&Deleted> = deletions
         .iter()
         .filter(|d| {
-            !matches!(d.state.as_str(), "COMPLETED" | "FAILED" | "FAILED_DELETION")
+            !platform.deletable(&d.state)
                 || (d.state == "COMPLETED" && d.newer_completed < KEEP_LAST)
         })
         .collect();
@@ -331,7 +475,7 @@ async fn slots_stay_single_and_retention_safe_under_faults_and_kills() {
         problems.push(format!(
             "{} deleted savepoint {} ({}, created {}) with {} newer completed: keepLast {KEEP_LAST} keeps it",
             app_of(&d.savepoint),
-            d.id(),
+            id_of(&d.savepoint),
             d.state,
             created_at(&d.savepoint),
             d.newer_completed,
@@ -348,7 +492,7 @@ async fn slots_stay_single_and_retention_safe_under_faults_and_kills() {
     if !problems.is_empty() {
         let kept = dir.keep();
         panic!(
-            "chaos run with CHAOS_SEED={seed} CHAOS_SECONDS={seconds} broke {} rule(s) (daemon logs in {}):\n{}",
+            "chaos run against {kind} with CHAOS_SEED={seed} CHAOS_SECONDS={seconds} broke {} rule(s) (daemon logs in {}):\n{}",
             problems.len(),
             kept.display(),
             problems.join("\n")
