@@ -262,6 +262,48 @@ pub fn application_dir_name(application: &str) -> String {
     }
 }
 
+/// The name of one attempt at one slot, for platforms whose savepoints are Kubernetes-style resources
+/// named by their creator (CMF, the Flink Kubernetes Operator): the name is the slot's identity, so a
+/// resent create meets "already exists" instead of making a second savepoint.
+///
+/// `<application>-<hash>-<yyyymmdd>-<hhmmss>-<attempt>`, a valid lowercase Kubernetes name of at most 63
+/// characters. The readable part is the sanitised application name cut to 30 characters; the 4-byte hash
+/// of (`scope`, full name) keeps names that sanitise or cut alike, or two kinds of one name, apart.
+pub fn slot_resource_name(
+    scope: &str,
+    application: &str,
+    slot: DateTime<Utc>,
+    attempt: u32,
+) -> String {
+    let mut readable = sanitize(application);
+    readable.truncate(30);
+    let readable = readable.trim_end_matches('-');
+    let readable = if readable.is_empty() { "sp" } else { readable };
+    let mut hash = Sha256::new();
+    hash.update(b"savepointd\0");
+    hash.update(scope.as_bytes());
+    hash.update(b"\0");
+    hash.update(application.as_bytes());
+    let hash = hex(&hash.finalize()[..4]);
+    format!(
+        "{readable}-{hash}-{}-{attempt}",
+        slot.format("%Y%m%d-%H%M%S")
+    )
+}
+
+/// The label key and value savepointd's resources carry, so they can be selected; the exact
+/// application name is in the annotation (a label value is at most 63 characters of a narrow set).
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+
+/// The labels of a resource savepointd creates for `application`.
+pub fn labels(application: &str) -> serde_json::Value {
+    let value = sanitize(application);
+    serde_json::json!({
+        LABEL_MANAGED_BY: MANAGED_BY,
+        ANNOTATION_APPLICATION: if value.is_empty() { "unnamed".to_owned() } else { value },
+    })
+}
+
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

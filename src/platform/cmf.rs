@@ -13,7 +13,6 @@ use chrono::{DateTime, Utc};
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use super::http::{ApiClient, Retry};
 use super::{
@@ -21,7 +20,7 @@ use super::{
     Origin, Platform, ResolveError, Result, Savepoint, SavepointType, State, Target,
     TriggerRequest,
 };
-use crate::model::{self, hex, slot_text};
+use crate::model::{self, slot_text};
 
 /// Savepoints asked for per page. CMF may answer fewer; paging goes on until an empty page.
 const PAGE_SIZE: usize = 100;
@@ -36,10 +35,6 @@ const DELETE_SENDS: u32 = 3;
 
 /// How long a deletion is followed before it is reported as still pending (it may yet finish).
 const DELETION_FOLLOW_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
-
-/// The label key savepointd's savepoints carry, so they can be found with a label selector.
-const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-const LABEL_APPLICATION: &str = ANNOTATION_APPLICATION;
 
 pub struct Cmf {
     api: ApiClient,
@@ -206,10 +201,7 @@ impl Platform for Cmf {
             "kind": "Savepoint",
             "metadata": {
                 "name": name,
-                "labels": {
-                    LABEL_MANAGED_BY: MANAGED_BY,
-                    LABEL_APPLICATION: label_value(request.application),
-                },
+                "labels": model::labels(request.application),
                 "annotations": {
                     ANNOTATION_MANAGED_BY: MANAGED_BY,
                     ANNOTATION_APPLICATION: request.application,
@@ -314,36 +306,10 @@ impl Platform for Cmf {
     }
 }
 
-/// The name of one attempt at one slot: `<application>-<hash>-<yyyymmdd>-<hhmmss>-<attempt>`, a valid
-/// lowercase Kubernetes name of at most 63 characters. The readable part is the sanitised application
-/// name cut to 30 characters; the 4-byte hash of (kind, full name) keeps two names that sanitise or
-/// cut alike, or an application and a statement of one name, apart in the environment.
+/// The name of one attempt at one slot ([`model::slot_resource_name`]): the kind is part of the hash, so
+/// an application and a statement of one name get names of their own in the environment.
 pub fn savepoint_name(kind: Kind, application: &str, slot: DateTime<Utc>, attempt: u32) -> String {
-    let mut readable = model::sanitize(application);
-    readable.truncate(30);
-    let readable = readable.trim_end_matches('-');
-    let readable = if readable.is_empty() { "sp" } else { readable };
-    let mut hash = Sha256::new();
-    hash.update(b"savepointd\0");
-    hash.update(kind.collection().as_bytes());
-    hash.update(b"\0");
-    hash.update(application.as_bytes());
-    let hash = hex(&hash.finalize()[..4]);
-    format!(
-        "{readable}-{hash}-{}-{attempt}",
-        slot.format("%Y%m%d-%H%M%S")
-    )
-}
-
-/// A label value for an application name: sanitised, at most 63 characters; the exact name is in the
-/// annotation.
-fn label_value(application: &str) -> String {
-    let value = model::sanitize(application);
-    if value.is_empty() {
-        "unnamed".into()
-    } else {
-        value
-    }
+    model::slot_resource_name(kind.collection(), application, slot, attempt)
 }
 
 #[derive(Deserialize)]
