@@ -115,7 +115,13 @@ pub fn check_config(config: &Config, now: DateTime<Utc>) -> String {
         platforms.add_row(vec![
             p.name.clone(),
             p.kind.to_string(),
-            p.url.to_string(),
+            match (&p.url, &p.kind) {
+                (Some(url), _) => url.to_string(),
+                (None, PlatformKind::FlinkOperator(op)) => {
+                    format!("Kubernetes, namespaces {}", op.namespaces.join(", "))
+                }
+                (None, _) => "-".to_owned(),
+            },
             resolve,
             auth,
             p.max_concurrent.to_string(),

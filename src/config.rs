@@ -208,7 +208,8 @@ impl RetentionFile {
 pub struct PlatformFile {
     pub name: String,
     pub kind: String,
-    pub url: String,
+    /// Every kind but flinkOperator, which reads and writes through the Kubernetes API.
+    pub url: Option<String>,
     pub namespace: Option<String>,
     pub auth: Option<AuthFile>,
     pub tls: Option<TlsFile>,
@@ -218,6 +219,16 @@ pub struct PlatformFile {
     pub target_directory: Option<String>,
     /// `kind: cmf`: the CMF environment that holds the applications.
     pub environment: Option<String>,
+    /// `kind: flinkOperator`: where the FlinkDeployments and FlinkSessionJobs live (one or a list).
+    pub kubernetes_namespace: Option<Namespaces>,
+}
+
+/// One namespace or a list of them.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum Namespaces {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -397,6 +408,13 @@ pub enum PlatformKind {
     Vvp(VvpSettings),
     Flink(FlinkSettings),
     Cmf(CmfSettings),
+    FlinkOperator(FlinkOperatorSettings),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlinkOperatorSettings {
+    /// Where the FlinkDeployments, FlinkSessionJobs and their FlinkStateSnapshots live.
+    pub namespaces: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -425,6 +443,7 @@ impl PlatformKind {
             PlatformKind::Vvp(_) => "vvp",
             PlatformKind::Flink(_) => "flink",
             PlatformKind::Cmf(_) => "cmf",
+            PlatformKind::FlinkOperator(_) => "flinkOperator",
         }
     }
 
@@ -433,7 +452,9 @@ impl PlatformKind {
     pub fn resolve(&self) -> &Resolve {
         match self {
             PlatformKind::Vvp(vvp) => &vvp.resolve,
-            PlatformKind::Flink(_) | PlatformKind::Cmf(_) => &Resolve::Api,
+            PlatformKind::Flink(_) | PlatformKind::Cmf(_) | PlatformKind::FlinkOperator(_) => {
+                &Resolve::Api
+            }
         }
     }
 }
@@ -448,7 +469,8 @@ impl fmt::Display for PlatformKind {
 pub struct Platform {
     pub name: String,
     pub kind: PlatformKind,
-    pub url: reqwest::Url,
+    /// The API's base URL; `None` for kind flinkOperator, reached through Kubernetes.
+    pub url: Option<reqwest::Url>,
     pub auth: Option<Auth>,
     pub ca_file: Option<PathBuf>,
     pub client_certificate: Option<ClientCertificate>,
@@ -564,6 +586,15 @@ pub struct Application {
 impl Config {
     pub fn platform_of(&self, app: &Application) -> &Platform {
         &self.platforms[app.platform]
+    }
+
+    /// Whether any platform is read through Kubernetes: pods to resolve names, or the Flink Kubernetes
+    /// Operator's resources.
+    pub fn needs_kubernetes(&self) -> bool {
+        self.platforms.iter().any(|p| {
+            matches!(p.kind, PlatformKind::FlinkOperator(_))
+                || matches!(p.kind.resolve(), Resolve::Pods(_))
+        })
     }
 
     pub fn application(&self, name: &str) -> Option<&Application> {
@@ -1115,51 +1146,17 @@ impl PlatformFile {
             "vvp" => self.validate_vvp(path, problems),
             "flink" => self.validate_flink(path, problems),
             "cmf" => self.validate_cmf(path, problems),
+            "flinkOperator" => self.validate_flink_operator(path, problems),
             other => {
                 problems.push(
                     format!("{path}.kind"),
                     Some(other),
-                    "expected one of: vvp, flink, cmf",
+                    "expected one of: vvp, flink, cmf, flinkOperator",
                 );
                 None
             }
         };
-        let url = match reqwest::Url::parse(&self.url) {
-            // Every error and log line names the URL: a secret in it would leak everywhere.
-            Ok(u) if !u.username().is_empty() || u.password().is_some() => {
-                problems.push(
-                    format!("{path}.url"),
-                    Some(&redacted(&u)),
-                    "must not carry credentials (they would appear in every log line); use auth.tokenFile or auth.tokenEnv",
-                );
-                None
-            }
-            Ok(u) if u.query().is_some() || u.fragment().is_some() => {
-                problems.push(
-                    format!("{path}.url"),
-                    Some(&redacted(&u)),
-                    "must not carry a query string or fragment (a token in it would appear in every log line)",
-                );
-                None
-            }
-            Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u),
-            Ok(_) => {
-                problems.push(
-                    format!("{path}.url"),
-                    Some(&self.url),
-                    "expected an http:// or https:// URL",
-                );
-                None
-            }
-            Err(e) => {
-                problems.push(
-                    format!("{path}.url"),
-                    Some(&self.url),
-                    format!("not a URL ({e})"),
-                );
-                None
-            }
-        };
+        let url = self.validate_url(path, problems);
         let auth = self
             .auth
             .as_ref()
@@ -1235,6 +1232,7 @@ impl PlatformFile {
     /// `kind: vvp`: a namespace and how names resolve; no `targetDirectory` (VVP chooses locations).
     fn validate_vvp(&self, path: &str, problems: &mut Problems) -> Option<PlatformKind> {
         self.refuse_environment(path, problems);
+        self.refuse_kubernetes_namespace(path, problems);
         if let Some(dir) = &self.target_directory {
             problems.push(
                 format!("{path}.targetDirectory"),
@@ -1253,6 +1251,7 @@ impl PlatformFile {
     /// JobManager's API.
     fn validate_flink(&self, path: &str, problems: &mut Problems) -> Option<PlatformKind> {
         self.refuse_environment(path, problems);
+        self.refuse_kubernetes_namespace(path, problems);
         if let Some(namespace) = &self.namespace {
             problems.push(
                 format!("{path}.namespace"),
@@ -1278,6 +1277,66 @@ impl PlatformFile {
         }))
     }
 
+    /// `url`: required, http(s), without credentials or a query; absent for kind flinkOperator. `None`
+    /// when it is wrong (reported), `Some(None)` when rightly absent.
+    fn validate_url(&self, path: &str, problems: &mut Problems) -> Option<Option<reqwest::Url>> {
+        let through_kubernetes = self.kind == "flinkOperator";
+        let text = match (&self.url, through_kubernetes) {
+            (None, true) => return Some(None),
+            (Some(url), true) => {
+                problems.push(
+                    format!("{path}.url"),
+                    Some(url),
+                    "not used by kind flinkOperator: it works through the Kubernetes API (kubernetes.kubeconfig, or the service account in a pod)",
+                );
+                return None;
+            }
+            (None, false) => {
+                problems.push(format!("{path}.url"), None, "required");
+                return None;
+            }
+            (Some(text), false) => text,
+        };
+        let url = match reqwest::Url::parse(text) {
+            // Every error and log line names the URL: a secret in it would leak everywhere.
+            Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+                problems.push(
+                    format!("{path}.url"),
+                    Some(&redacted(&u)),
+                    "must not carry credentials (they would appear in every log line); use auth.tokenFile or auth.tokenEnv",
+                );
+                None
+            }
+            Ok(u) if u.query().is_some() || u.fragment().is_some() => {
+                problems.push(
+                    format!("{path}.url"),
+                    Some(&redacted(&u)),
+                    "must not carry a query string or fragment (a token in it would appear in every log line)",
+                );
+                None
+            }
+            Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u),
+            Ok(_) => {
+                problems.push(
+                    format!("{path}.url"),
+                    Some(text),
+                    "expected an http:// or https:// URL",
+                );
+                None
+            }
+            Err(e) => {
+                problems.push(
+                    format!("{path}.url"),
+                    Some(text),
+                    format!("not a URL ({e})"),
+                );
+                None
+            }
+        };
+
+        url.map(Some)
+    }
+
     fn refuse_environment(&self, path: &str, problems: &mut Problems) {
         if let Some(environment) = &self.environment {
             problems.push(
@@ -1288,9 +1347,79 @@ impl PlatformFile {
         }
     }
 
+    /// A top-level `kubernetesNamespace` belongs to kind flinkOperator (VVP's pods namespace is
+    /// `resolve.kubernetesNamespace`).
+    fn refuse_kubernetes_namespace(&self, path: &str, problems: &mut Problems) {
+        if self.kubernetes_namespace.is_some() {
+            problems.push(
+                format!("{path}.kubernetesNamespace"),
+                None,
+                "only for kind flinkOperator (for VVP's pods, use resolve.kubernetesNamespace)",
+            );
+        }
+    }
+
+    /// `kind: flinkOperator`: the namespaces of the FlinkDeployments and FlinkSessionJobs; everything
+    /// else comes from Kubernetes (no URL, token or TLS of its own).
+    fn validate_flink_operator(&self, path: &str, problems: &mut Problems) -> Option<PlatformKind> {
+        self.refuse_environment(path, problems);
+        let http_only = [
+            ("namespace", self.namespace.is_some()),
+            ("targetDirectory", self.target_directory.is_some()),
+            ("auth", self.auth.is_some()),
+            ("tls", self.tls.is_some()),
+            ("resolve", self.resolve.is_some()),
+        ];
+        for (field, set) in http_only {
+            if set {
+                problems.push(
+                    format!("{path}.{field}"),
+                    None,
+                    "not used by kind flinkOperator: it works through the Kubernetes API with savepointd's own Kubernetes credentials",
+                );
+            }
+        }
+        let namespaces = match &self.kubernetes_namespace {
+            None => {
+                problems.push(
+                    format!("{path}.kubernetesNamespace"),
+                    None,
+                    "required for kind flinkOperator (where the FlinkDeployments and FlinkSessionJobs live; one or a list)",
+                );
+                return None;
+            }
+            Some(Namespaces::One(one)) => vec![one.clone()],
+            Some(Namespaces::Many(many)) => many.clone(),
+        };
+        if namespaces.is_empty() {
+            problems.push(
+                format!("{path}.kubernetesNamespace"),
+                Some("[]"),
+                "at least one namespace",
+            );
+            return None;
+        }
+        let mut seen = BTreeSet::new();
+        for (i, namespace) in namespaces.iter().enumerate() {
+            let field = match &self.kubernetes_namespace {
+                Some(Namespaces::Many(_)) => format!("{path}.kubernetesNamespace[{i}]"),
+                _ => format!("{path}.kubernetesNamespace"),
+            };
+            if let Err(reason) = check_dns_label(namespace) {
+                problems.push(field, Some(namespace), reason);
+            } else if !seen.insert(namespace) {
+                problems.push(field, Some(namespace), "listed twice");
+            }
+        }
+        Some(PlatformKind::FlinkOperator(FlinkOperatorSettings {
+            namespaces,
+        }))
+    }
+
     /// `kind: cmf`: an environment; names are FlinkApplications (or statements) of it, read through
     /// CMF's API; CMF chooses savepoint locations.
     fn validate_cmf(&self, path: &str, problems: &mut Problems) -> Option<PlatformKind> {
+        self.refuse_kubernetes_namespace(path, problems);
         for (field, value) in [
             ("namespace", &self.namespace),
             ("targetDirectory", &self.target_directory),

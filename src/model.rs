@@ -102,6 +102,8 @@ pub enum Origin {
     Upgrade,
     /// Taken by the platform's own schedule (CMF's source SCHEDULE).
     Schedule,
+    /// Taken by the Flink Kubernetes Operator's periodic savepoints (trigger type PERIODIC).
+    Periodic,
     Unknown,
 }
 

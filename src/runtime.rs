@@ -46,6 +46,8 @@ pub struct Runtime {
     pub metrics: Metrics,
     pub mandate: Mandate,
     pod_indexes: Vec<PodIndex>,
+    /// Synced signals of the platforms read through watch caches (the Flink Kubernetes Operator).
+    caches: Vec<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// Futures that keep the pod caches up to date; they end when the shutdown token is cancelled.
@@ -58,19 +60,25 @@ impl Runtime {
         metrics: Metrics,
         shutdown: &CancellationToken,
     ) -> Result<(Runtime, Watchers)> {
-        let mut kube_client = None;
+        let kube_client = match config.needs_kubernetes() {
+            true => Some(kube_client_for(config).await?),
+            false => None,
+        };
         let mut watchers: Watchers = Vec::new();
         let mut pod_indexes = Vec::new();
+        let mut caches = Vec::new();
         let mut per_platform = Vec::new();
         for p in &config.platforms {
-            let client = platform::connect(p, &metrics)?;
+            let connected = platform::connect(p, &metrics, kube_client.as_ref(), shutdown)?;
+            let client = connected.client;
+            if let Some(watches) = connected.watches {
+                watchers.extend(watches.drivers);
+                caches.push(watches.synced);
+            }
             let resolver = match p.kind.resolve() {
                 Resolve::Api => Resolver::Api(client.clone()),
                 Resolve::Pods(pods) => {
-                    if kube_client.is_none() {
-                        kube_client = Some(kube_client_for(config).await?);
-                    }
-                    let kube = kube_client.clone().expect("just set");
+                    let kube = kube_client.clone().expect("config.needs_kubernetes()");
                     let (index, driver) = PodIndex::watch(kube, pods.clone(), shutdown.clone());
                     watchers.push(Box::pin(driver));
                     pod_indexes.push(index.clone());
@@ -105,6 +113,7 @@ impl Runtime {
                 metrics,
                 mandate,
                 pod_indexes,
+                caches,
             },
             watchers,
         ))
@@ -124,10 +133,20 @@ impl Runtime {
         .await;
     }
 
-    /// Waits until every pod cache has listed its pods once; false when shut down first.
+    /// Waits until every pod cache and platform cache has listed once; false when shut down first.
     pub async fn wait_synced(&self, shutdown: &CancellationToken) -> bool {
         for index in &self.pod_indexes {
             if !index.wait_synced(shutdown).await {
+                return false;
+            }
+        }
+        for synced in &self.caches {
+            let mut synced = synced.clone();
+            let ready = tokio::select! {
+                r = synced.wait_for(|s| *s) => r.is_ok(),
+                _ = shutdown.cancelled() => false,
+            };
+            if !ready {
                 return false;
             }
         }

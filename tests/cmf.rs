@@ -210,7 +210,10 @@ async fn two_runs_of_one_slot_meet_at_the_name_and_the_409_is_adopted() {
     let c = w.config("", "  - name: orders\n    retry: { maxAttempts: 1 }\n");
     // Two `once` of one slot at the same moment (a CronJob's Job retried beside the daemon): both read
     // an empty history, both POST the same name.
-    w.cmf.network(|n| n.latency = Duration::from_millis(100));
+    // CMF takes 1.5 s (within the 2 s request timeout) to act on a POST: the second run reads the
+    // records before the first POST took effect, even when it starts late on a busy machine.
+    w.cmf
+        .network(|n| n.handling_delay = Some(("POST".into(), Duration::from_millis(1500))));
     let (a, b) = tokio::join!(once(&c, &["orders"]), once(&c, &["orders"]));
     assert!(
         a.1 && b.1,

@@ -138,8 +138,15 @@ applications:
 
     /// The platform client, as the daemon builds it.
     fn platform(&self) -> Arc<dyn Platform> {
-        platform::connect(&self.config(&["orders"]).platforms[0], &Metrics::new())
-            .expect("platform connects")
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        platform::connect(
+            &self.config(&["orders"]).platforms[0],
+            &Metrics::new(),
+            None,
+            &shutdown,
+        )
+        .expect("platform connects")
+        .client
     }
 }
 

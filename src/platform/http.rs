@@ -81,7 +81,10 @@ impl ApiClient {
             builder = builder.danger_accept_invalid_certs(true);
         }
         let client = builder.build().map_err(|e| setup(e.to_string()))?;
-        let mut base = platform.url.clone();
+        let mut base = platform
+            .url
+            .clone()
+            .ok_or_else(|| setup("an HTTP platform needs a url".into()))?;
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
         }

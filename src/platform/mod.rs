@@ -1,15 +1,17 @@
-//! Platforms: one trait, one implementation per API (`vvp.rs`, `flink/`, `cmf.rs`), the HTTP plumbing they share
+//! Platforms: one trait, one implementation per API (`vvp.rs`, `flink/`, `cmf.rs`, `operator.rs`), the HTTP plumbing they share
 //! (`http.rs`), and how a configured platform becomes a client. A wire format lives in its own module only.
 
 pub mod cmf;
 pub mod flink;
 pub mod http;
+pub mod operator;
 pub mod vvp;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, FormatType, PlatformKind};
 use crate::metrics::Metrics;
@@ -197,21 +199,69 @@ pub enum Deletion {
     Pending(String),
 }
 
-/// Builds the client for one configured platform.
-pub fn connect(platform: &config::Platform, metrics: &Metrics) -> Result<Arc<dyn Platform>> {
-    if platform.auth.is_some() && platform.url.scheme() == "http" {
-        tracing::warn!(platform = %platform.name, url = %platform.url,
-            "the API token is sent over plain http, readable by anyone on the path; use https");
-    }
-    let api = http::ApiClient::new(platform, metrics.clone())?;
-    Ok(match &platform.kind {
-        PlatformKind::Vvp(vvp) => Arc::new(vvp::Vvp::new(api, vvp.namespace.clone())),
-        PlatformKind::Flink(flink) => Arc::new(flink::Flink::new(api, &flink.target_directory)?),
+/// A connected platform: its client, and for a platform read through Kubernetes watch caches, the
+/// futures that drive them and a signal that they have synced.
+pub struct Connected {
+    pub client: Arc<dyn Platform>,
+    pub watches: Option<Watches>,
+}
+
+/// The futures that keep a platform's caches (they end at shutdown), and a signal that every cache has
+/// listed once.
+pub struct Watches {
+    pub drivers: Vec<futures::future::BoxFuture<'static, ()>>,
+    pub synced: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Builds the client for one configured platform. `kube` is the Kubernetes client, there when any
+/// platform needs one ([`config::Config::needs_kubernetes`]).
+pub fn connect(
+    platform: &config::Platform,
+    metrics: &Metrics,
+    kube: Option<&kube::Client>,
+    shutdown: &CancellationToken,
+) -> Result<Connected> {
+    let http = |platform: &config::Platform| {
+        if let Some(url) = &platform.url
+            && platform.auth.is_some()
+            && url.scheme() == "http"
+        {
+            tracing::warn!(platform = %platform.name, url = %url,
+                "the API token is sent over plain http, readable by anyone on the path; use https");
+        }
+        http::ApiClient::new(platform, metrics.clone())
+    };
+    let client: Arc<dyn Platform> = match &platform.kind {
+        PlatformKind::Vvp(vvp) => Arc::new(vvp::Vvp::new(http(platform)?, vvp.namespace.clone())),
+        PlatformKind::Flink(flink) => {
+            Arc::new(flink::Flink::new(http(platform)?, &flink.target_directory)?)
+        }
         PlatformKind::Cmf(cmf) => Arc::new(cmf::Cmf::new(
-            api,
+            http(platform)?,
             cmf.environment.clone(),
             cmf.statements.clone(),
         )),
+        PlatformKind::FlinkOperator(op) => {
+            let kube = kube.cloned().ok_or_else(|| Error::Setup {
+                platform: platform.name.clone(),
+                message: "no Kubernetes client".into(),
+            })?;
+            let (operator, watches) = operator::FlinkOperator::watch(
+                &platform.name,
+                kube,
+                &op.namespaces,
+                metrics.clone(),
+                shutdown.clone(),
+            );
+            return Ok(Connected {
+                client: Arc::new(operator),
+                watches: Some(watches),
+            });
+        }
+    };
+    Ok(Connected {
+        client,
+        watches: None,
     })
 }
 

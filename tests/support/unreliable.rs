@@ -155,6 +155,9 @@ pub struct Network {
     pub requests: Vec<RecordedRequest>,
     /// Delay before every answer.
     pub latency: Duration,
+    /// A further delay before requests of one method are handled, as a busy platform takes a while to
+    /// act on a write: two clients that read before either write was handled both write.
+    pub handling_delay: Option<(String, Duration)>,
     fail_next: VecDeque<u16>,
     drop_next: usize,
     next_faults: Vec<NextFaults>,
@@ -312,7 +315,11 @@ async fn handle<S: Simulated>(
                 .ok()
                 .and_then(|b| serde_json::from_slice(b).ok()),
         });
-        (network.requests.len() - 1, fault, network.latency)
+        let extra = match &network.handling_delay {
+            Some((method, by)) if method.eq_ignore_ascii_case(parts.method.as_str()) => *by,
+            _ => Duration::ZERO,
+        };
+        (network.requests.len() - 1, fault, network.latency + extra)
     };
     if fault == Some(Fault::DropBefore) {
         connection.kill();
