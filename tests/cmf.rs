@@ -207,13 +207,16 @@ async fn two_runs_of_one_slot_meet_at_the_name_and_the_409_is_adopted() {
     })
     .await;
     // One attempt: the run that meets the 409 has the slot's savepoint to adopt, not a retry to spend.
-    let c = w.config("", "  - name: orders\n    retry: { maxAttempts: 1 }\n");
+    let yaml = w
+        .yaml("", "  - name: orders\n    retry: { maxAttempts: 1 }\n")
+        .replace("requestTimeout: 2s", "requestTimeout: 20s");
+    let c = savepointd::config::from_yaml(&yaml).unwrap();
     // Two `once` of one slot at the same moment (a CronJob's Job retried beside the daemon): both read
     // an empty history, both POST the same name.
-    // CMF takes 1.5 s (within the 2 s request timeout) to act on a POST: the second run reads the
-    // records before the first POST took effect, even when it starts late on a busy machine.
+    // CMF takes 4 s (within the request timeout) to act on a POST: the second run reads the records
+    // before the first POST took effect, even when it starts late on a busy machine.
     w.cmf
-        .network(|n| n.handling_delay = Some(("POST".into(), Duration::from_millis(1500))));
+        .network(|n| n.handling_delay = Some(("POST".into(), Duration::from_secs(4))));
     let (a, b) = tokio::join!(once(&c, &["orders"]), once(&c, &["orders"]));
     assert!(
         a.1 && b.1,
