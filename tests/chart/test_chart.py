@@ -39,6 +39,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "cronjob": ci_values("cronjob"),
     "ha": {"replicas": 2},
     "cmf": ci_values("cmf"),
+    "flink-operator": ci_values("flink-operator"),
 }
 
 # Where each value set lets the daemon read pods: exactly these namespaces get a Role.
@@ -50,9 +51,17 @@ EXPECTED_POD_NAMESPACES = {
     "cronjob": ["flink"],
     "ha": ["vvp-jobs"],
     "cmf": [],
+    "flink-operator": ["flink-prod", "flink-staging"],
 }
 
 PODS_READ_ONLY = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+# A flinkOperator platform: snapshots made, followed and deleted; the jobs only read.
+OPERATOR_RULES = [
+    {"apiGroups": ["flink.apache.org"], "resources": ["flinkstatesnapshots"],
+     "verbs": ["get", "list", "watch", "create", "delete"]},
+    {"apiGroups": ["flink.apache.org"], "resources": ["flinkdeployments", "flinksessionjobs"],
+     "verbs": ["get", "list", "watch"]},
+]
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
 
@@ -150,7 +159,7 @@ def test_rbac_is_least_privilege(chart, name):
     assert [r["metadata"]["namespace"] for r in roles] == expected
     assert [b["metadata"]["namespace"] for b in bindings] == expected
     for role in roles:
-        assert role["rules"] == PODS_READ_ONLY
+        assert role["rules"] == (OPERATOR_RULES if name == "flink-operator" else PODS_READ_ONLY)
     account = one(objects, "ServiceAccount")
     for binding in bindings:
         assert binding["roleRef"] == {
@@ -165,6 +174,20 @@ def test_rbac_is_least_privilege(chart, name):
                 "namespace": chartlib.NAMESPACE,
             }
         ]
+
+
+def test_pods_and_operator_rules_meet_in_one_role_per_namespace(chart):
+    values = {
+        "platforms": [
+            {"name": "vvp", "kind": "vvp", "url": "http://vvp", "resolve": {"kubernetesNamespace": "flink"}},
+            {"name": "op", "kind": "flinkOperator", "kubernetesNamespace": ["flink", "jobs"]},
+        ],
+        "applications": [{"name": "a", "platform": "op"}],
+    }
+    roles = {r["metadata"]["namespace"]: r["rules"] for r in of_kind(render(values, chart=chart), "Role")}
+    assert roles == {"flink": PODS_READ_ONLY + OPERATOR_RULES, "jobs": OPERATOR_RULES}
+    message = render_error(chart, values | {"rbac": {"namespaces": ["flink"]}})
+    assert 'rbac.namespaces: lacks "jobs"' in message, message
 
 
 def test_pod_namespace_defaults_to_default_like_the_daemon(chart):
@@ -678,6 +701,13 @@ BAD_VALUES = [
     ("two client certificate sources",
      {"platforms": [VVP | {"tls": {"certFile": "/c", "keyFile": "/k", "clientCertificateSecret": {"name": "s"}}}]},
      ["/platforms/0/tls/certFile"]),
+    ("flinkOperator without namespace", {"platforms": [{"name": "op", "kind": "flinkOperator"}]},
+     ["/platforms/0", "kubernetesNamespace"]),
+    ("flinkOperator with a url", {"platforms": [{"name": "op", "kind": "flinkOperator", "kubernetesNamespace": "f",
+                                                 "url": "http://x"}]}, ["/platforms/0"]),
+    ("vvp without url", {"platforms": [{"name": "vvp", "kind": "vvp"}]}, ["/platforms/0", "url"]),
+    ("bad operator namespace", {"platforms": [{"name": "op", "kind": "flinkOperator", "kubernetesNamespace": ["Flink"]}]},
+     ["/platforms/0/kubernetesNamespace"]),
     ("statement not a boolean", {"applications": [{"name": "a", "statement": "yes"}]}, ["/applications/0/statement"]),
 ]
 

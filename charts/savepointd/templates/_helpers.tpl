@@ -86,12 +86,23 @@ otherwise; namespace "default").
 {{- $namespaces | uniq | toJson }}
 {{- end }}
 
+{{/* Where a flinkOperator platform's FlinkDeployments, FlinkSessionJobs and FlinkStateSnapshots live. */}}
+{{- define "savepointd.operatorNamespaces" -}}
+{{- $namespaces := list }}
+{{- range .Values.platforms }}
+{{- if eq .kind "flinkOperator" }}
+{{- $namespaces = concat $namespaces (kindIs "string" .kubernetesNamespace | ternary (list .kubernetesNamespace) .kubernetesNamespace) }}
+{{- end }}
+{{- end }}
+{{- $namespaces | uniq | toJson }}
+{{- end }}
+
 {{/* Where the Roles go: rbac.namespaces when set (checked to contain the watched ones), else those. */}}
 {{- define "savepointd.rbacNamespaces" -}}
 {{- if .Values.rbac.namespaces }}
 {{- .Values.rbac.namespaces | toJson }}
 {{- else }}
-{{- include "savepointd.podNamespaces" . }}
+{{- concat (include "savepointd.podNamespaces" . | fromJsonArray) (include "savepointd.operatorNamespaces" . | fromJsonArray) | uniq | toJson }}
 {{- end }}
 {{- end }}
 
@@ -151,6 +162,11 @@ judge.
 {{- range (include "savepointd.podNamespaces" . | fromJsonArray) }}
 {{- if not (has . $.Values.rbac.namespaces) }}
 {{- fail (printf "rbac.namespaces: lacks %q, where a platform resolves names through pods" .) }}
+{{- end }}
+{{- end }}
+{{- range (include "savepointd.operatorNamespaces" . | fromJsonArray) }}
+{{- if not (has . $.Values.rbac.namespaces) }}
+{{- fail (printf "rbac.namespaces: lacks %q, where a flinkOperator platform's resources live" .) }}
 {{- end }}
 {{- end }}
 {{- end }}
