@@ -189,6 +189,7 @@ pub struct RetentionFile {
     pub keep_daily: Option<u32>,
     pub keep_weekly: Option<u32>,
     pub keep_monthly: Option<u32>,
+    pub keep_yearly: Option<u32>,
     pub min_keep: Option<u32>,
     pub scope: Option<String>,
     pub max_deletions_per_run: Option<u32>,
@@ -502,6 +503,7 @@ pub struct Retention {
     pub keep_daily: u32,
     pub keep_weekly: u32,
     pub keep_monthly: u32,
+    pub keep_yearly: u32,
     pub min_keep: u32,
     pub scope: Scope,
     pub max_deletions_per_run: u32,
@@ -516,6 +518,7 @@ impl Retention {
             || self.keep_daily > 0
             || self.keep_weekly > 0
             || self.keep_monthly > 0
+            || self.keep_yearly > 0
     }
 }
 
@@ -1561,6 +1564,7 @@ fn validate_retention(
         keep_daily: count("keepDaily", |r| &r.keep_daily),
         keep_weekly: count("keepWeekly", |r| &r.keep_weekly),
         keep_monthly: count("keepMonthly", |r| &r.keep_monthly),
+        keep_yearly: count("keepYearly", |r| &r.keep_yearly),
         min_keep,
         scope,
         max_deletions_per_run,
