@@ -449,18 +449,26 @@ async fn tls_is_verified_against_the_configured_ca_file() {
 }
 
 /// A window that opens at the start of the current UTC hour and lasts two, so that the slot `once` runs
-/// (the fixture's hourly schedule) is inside it however long the test takes to get there.
-fn window_over_now() -> String {
-    use chrono::Timelike;
-    let hour = chrono::Utc::now().hour();
-    format!("    blackoutWindows:\n      - {{ schedule: \"0 {hour} * * *\", duration: 2h }}\n")
+/// (the fixture's hourly schedule) is inside it however long the test takes to get there; and when it
+/// closes.
+fn window_over_now() -> (String, chrono::DateTime<chrono::Utc>) {
+    use chrono::{DurationRound, TimeDelta, Timelike};
+    let start = chrono::Utc::now()
+        .duration_trunc(TimeDelta::hours(1))
+        .unwrap();
+    let hour = start.hour();
+    (
+        format!("    blackoutWindows:\n      - {{ schedule: \"0 {hour} * * *\", duration: 2h }}\n"),
+        start + TimeDelta::hours(2),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn once_inside_a_blackout_window_triggers_nothing_and_is_ok() {
     let f = fixture(VvpSimOptions::default()).await;
     let (name, _) = APPS[1];
-    let c = config(&f, "", &app(name, &window_over_now()));
+    let (window, closes) = window_over_now();
+    let c = config(&f, "", &app(name, &window));
     let (text, ok) = once(&c, &[name]).await;
     assert!(ok, "a blackout is what the operator asked for: {text}");
     assert!(
@@ -477,7 +485,7 @@ async fn once_inside_a_blackout_window_triggers_nothing_and_is_ok() {
 
     // The binary: exit 0, and the skip is logged at info with the window.
     let path = f.dir.path().join("config.yaml");
-    std::fs::write(&path, f.config("", &app(name, &window_over_now()))).unwrap();
+    std::fs::write(&path, f.config("", &app(name, &window))).unwrap();
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_savepointd"))
         .args([
             "--config",
@@ -508,6 +516,12 @@ async fn once_inside_a_blackout_window_triggers_nothing_and_is_ok() {
     assert!(skipped["window_end"].is_string(), "{skipped}");
     assert_eq!(skipped["span"]["application"], name, "{skipped}");
     assert_eq!(posts(&f), 0, "the simulator saw no trigger");
+
+    // The next run is the first slot after the window, not the next slot inside it.
+    let (json, _) = commands::status(&c, Output::Json).await.unwrap();
+    let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let next: chrono::DateTime<chrono::Utc> = rows[0]["nextRun"].as_str().unwrap().parse().unwrap();
+    assert_eq!(next, closes, "{json}");
 
     // Without the window, the same slot gets its savepoint: the window is what held it back.
     let (text, ok) = once(&config(&f, "", &app(name, "")), &[name]).await;
