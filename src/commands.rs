@@ -68,8 +68,9 @@ fn age(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
 // check-config
 // ---------------------------------------------------------------------------------------------------------
 
-/// The effective plan: platforms, then per application its platform, schedule, timezone and next three
-/// slots. Never prints a secret: only where a token comes from.
+/// The effective plan: platforms, then per application its platform, schedule (with its jitter and
+/// blackout windows), timezone and next three runs (the slots outside the windows). Never prints a
+/// secret: only where a token comes from.
 pub fn check_config(config: &Config, now: DateTime<Utc>) -> String {
     let mut platforms = table(&[
         "platform",
@@ -136,17 +137,25 @@ pub fn check_config(config: &Config, now: DateTime<Utc>) -> String {
         "retention",
     ]);
     for a in &config.applications {
-        let next: Vec<String> = a
-            .schedule
-            .upcoming(now, a.timezone, 3)
-            .into_iter()
-            .map(rfc3339)
-            .collect();
-        let schedule = if a.paused {
+        let next: Vec<String> =
+            crate::schedule::upcoming_runs(&a.schedule, &a.blackout_windows, now, a.timezone, 3)
+                .into_iter()
+                .map(rfc3339)
+                .collect();
+        let mut schedule = if a.paused {
             format!("{} (paused)", a.schedule)
         } else {
             a.schedule.to_string()
         };
+        if !a.jitter.is_zero() {
+            schedule.push_str(&format!(
+                "\njitter {}",
+                humantime::format_duration(a.jitter)
+            ));
+        }
+        for window in &a.blackout_windows {
+            schedule.push_str(&format!("\nblackout {window}"));
+        }
         apps.add_row(vec![
             Cell::new(&a.name),
             Cell::new(&config.platform_of(a).name),
@@ -444,7 +453,7 @@ async fn app_status(app: Arc<App>, now: DateTime<Utc>) -> AppStatus {
         last_completed: None,
         in_flight: Vec::new(),
         last_failed: None,
-        next_run: c.schedule.next_after(now, c.timezone),
+        next_run: crate::schedule::next_run(&c.schedule, &c.blackout_windows, now, c.timezone),
         leader: None,
     };
     let target = match app.resolver.resolve(&c.name).await {
@@ -481,8 +490,9 @@ async fn app_status(app: Arc<App>, now: DateTime<Utc>) -> AppStatus {
 /// schedule's latest slot within `startingDeadline` (none: nothing is due), so a retried or duplicated
 /// CronJob Job, or `once` beside the daemon, meets the slot's savepoint instead of making a second one.
 /// `ok` is false when any run failed, a name did not resolve, or a run was skipped because another
-/// savepoint is in flight. After `shutdown`, nothing new starts; waits still going after the grace
-/// period are abandoned (their savepoints go on and are adopted by the next run).
+/// savepoint is in flight; a slot inside a blackout window is skipped, and that is ok (the operator asked
+/// for it). After `shutdown`, nothing new starts; waits still going after the grace period are abandoned
+/// (their savepoints go on and are adopted by the next run).
 pub async fn once(
     config: &Config,
     names: &[String],
@@ -511,10 +521,7 @@ pub async fn once(
     let runs = futures::future::join_all(apps.iter().map(|app| async move {
         match runner::due_slot(&app.config, now) {
             Ok(slot) => runner::run_slot(app, slot, prune, shutdown).await,
-            Err(skip) => {
-                app.metrics.skipped(skip.category());
-                Outcome::Skipped(skip)
-            }
+            Err(skip) => runner::skip(app, skip),
         }
     }));
     let grace = config.server.shutdown_grace;

@@ -17,7 +17,7 @@ use figment::providers::{Env, Format, Yaml};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::schedule::Schedule;
+use crate::schedule::{BlackoutWindow, Schedule};
 
 /// Environment variables starting with this prefix override file values; `__` separates levels.
 pub const ENV_PREFIX: &str = "SAVEPOINTD_";
@@ -164,6 +164,17 @@ pub struct DefaultsFile {
     pub retry: Option<RetryFile>,
     pub retention: Option<RetentionFile>,
     pub starting_deadline: Option<String>,
+    pub jitter: Option<String>,
+    pub blackout_windows: Option<Vec<BlackoutWindowFile>>,
+}
+
+/// `{schedule: "0 8 * * 1-5", duration: 10h}`: opens at every slot of `schedule`, in the application's
+/// timezone, for `duration`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BlackoutWindowFile {
+    pub schedule: String,
+    pub duration: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -189,6 +200,7 @@ pub struct RetentionFile {
     pub keep_daily: Option<u32>,
     pub keep_weekly: Option<u32>,
     pub keep_monthly: Option<u32>,
+    pub keep_yearly: Option<u32>,
     pub min_keep: Option<u32>,
     pub scope: Option<String>,
     pub max_deletions_per_run: Option<u32>,
@@ -274,6 +286,10 @@ pub struct ApplicationFile {
     #[serde(default, deserialize_with = "retention_setting")]
     pub retention: Option<RetentionFile>,
     pub starting_deadline: Option<String>,
+    /// A bound on a stable per-slot delay of the run, to spread load.
+    pub jitter: Option<String>,
+    /// Replaces the defaults' list; an empty list turns the inherited windows off.
+    pub blackout_windows: Option<Vec<BlackoutWindowFile>>,
     #[serde(default)]
     pub paused: bool,
     /// `kind: cmf`: the name is a CMF statement, not a FlinkApplication.
@@ -549,6 +565,7 @@ pub struct Retention {
     pub keep_daily: u32,
     pub keep_weekly: u32,
     pub keep_monthly: u32,
+    pub keep_yearly: u32,
     pub min_keep: u32,
     pub scope: Scope,
     pub max_deletions_per_run: u32,
@@ -563,6 +580,7 @@ impl Retention {
             || self.keep_daily > 0
             || self.keep_weekly > 0
             || self.keep_monthly > 0
+            || self.keep_yearly > 0
     }
 }
 
@@ -580,6 +598,11 @@ pub struct Application {
     /// A slot missed by less than this when the daemon starts is still run (a restart at 01:00:05 must not
     /// lose the nightly savepoint); the platform's records decide whether it already has its savepoint.
     pub starting_deadline: Duration,
+    /// The run of a slot starts at the slot plus a stable offset below this
+    /// ([`crate::schedule::jitter_offset`]); the slot, which names the savepoint, stays the scheduled time.
+    pub jitter: Duration,
+    /// Slots inside one of these are skipped, not queued.
+    pub blackout_windows: Vec<BlackoutWindow>,
     pub paused: bool,
 }
 
@@ -820,6 +843,8 @@ const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_CONCURRENT: usize = 8;
 const DEFAULT_MAX_DELETIONS_PER_RUN: u32 = 20;
+/// Jitter spreads runs over minutes, perhaps hours; a day is beyond any use and beyond a daily schedule.
+const MAX_JITTER: Duration = Duration::from_secs(24 * 3600);
 // client-go's leader election defaults.
 const DEFAULT_LEASE_NAME: &str = "savepointd";
 const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
@@ -1653,7 +1678,12 @@ impl ApplicationFile {
             (None, None) => None,
         };
 
-        let schedule = match pick(&self.schedule, &defaults.schedule, "schedule") {
+        let schedule_pick = pick(&self.schedule, &defaults.schedule, "schedule");
+        // Where the schedule came from, for problems of fields that depend on it.
+        let schedule_source = schedule_pick
+            .as_ref()
+            .map_or_else(|| "the default schedule".to_owned(), |(p, _)| p.clone());
+        let schedule = match schedule_pick {
             Some((p, text)) => Schedule::parse(&text, &self.name).map_err(|reason| {
                 problems.push(p, Some(&text), reason);
             }),
@@ -1690,6 +1720,23 @@ impl ApplicationFile {
             }
             None => FormatType::Canonical,
         };
+        let jitter = match pick(&self.jitter, &defaults.jitter, "jitter") {
+            Some((p, text)) => validate_jitter(
+                p,
+                &text,
+                schedule.as_ref().ok().zip(timezone.ok()),
+                &schedule_source,
+                problems,
+            ),
+            None => Duration::ZERO,
+        };
+        let blackout_windows = self.validate_blackout_windows(
+            path,
+            defaults,
+            schedule.as_ref().ok().zip(timezone.ok()),
+            &schedule_source,
+            problems,
+        );
         let retry = validate_retry(path, self.retry.as_ref(), defaults.retry.as_ref(), problems);
         let retention = validate_retention(
             path,
@@ -1710,9 +1757,109 @@ impl ApplicationFile {
             retry,
             retention,
             starting_deadline,
+            jitter,
+            blackout_windows,
             paused: self.paused,
         })
     }
+
+    /// `blackoutWindows`: the application's own list if it has one (an empty one turns the defaults'
+    /// off), else the defaults'. Each window's schedule and duration is checked, and the windows together
+    /// must leave the schedule some slot.
+    fn validate_blackout_windows(
+        &self,
+        path: &str,
+        defaults: &DefaultsFile,
+        schedule: Option<(&Schedule, Tz)>,
+        schedule_source: &str,
+        problems: &mut Problems,
+    ) -> Vec<BlackoutWindow> {
+        let (list_path, files) = match (&self.blackout_windows, &defaults.blackout_windows) {
+            (Some(own), _) => (format!("{path}.blackoutWindows"), own),
+            (None, Some(inherited)) => ("defaults.blackoutWindows".to_owned(), inherited),
+            (None, None) => return Vec::new(),
+        };
+        let before = problems.0.len();
+        let windows: Vec<BlackoutWindow> = files
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| {
+                let at = format!("{list_path}[{i}]");
+                // A window's own `@daily-random` is seeded like the application's schedule.
+                let schedule = Schedule::parse(&w.schedule, &self.name)
+                    .map_err(|reason| {
+                        problems.push(format!("{at}.schedule"), Some(&w.schedule), reason)
+                    })
+                    .ok();
+                let duration =
+                    problems.duration(format!("{at}.duration"), Some(&w.duration), Duration::ZERO);
+                Some(BlackoutWindow {
+                    schedule: schedule?,
+                    duration,
+                })
+            })
+            .collect();
+        if problems.0.len() > before {
+            return Vec::new();
+        }
+        if let Some((schedule, tz)) = schedule
+            && crate::schedule::never_runs(schedule, &windows, tz)
+        {
+            problems.push(
+                list_path,
+                None,
+                format!(
+                    "every slot falls inside a blackout window: the schedule {schedule} \
+                     ({schedule_source}) would never run"
+                ),
+            );
+        }
+        windows
+    }
+}
+
+/// `jitter`: zero (the default) or more, at most [`MAX_JITTER`], and shorter than the time between two
+/// slots, so that a slot's run never starts after the next slot's. Exact for `@every`; for cron, checked
+/// against a sample of its slots.
+fn validate_jitter(
+    path: String,
+    text: &str,
+    schedule: Option<(&Schedule, Tz)>,
+    schedule_source: &str,
+    problems: &mut Problems,
+) -> Duration {
+    let jitter = match humantime::parse_duration(text) {
+        Ok(d) if d > MAX_JITTER => {
+            problems.push(path, Some(text), "must be at most 24h");
+            return Duration::ZERO;
+        }
+        Ok(d) => d,
+        Err(e) => {
+            problems.push(
+                path,
+                Some(text),
+                format!("not a duration ({e}); examples: 0s, 30s, 5m"),
+            );
+            return Duration::ZERO;
+        }
+    };
+    if let Some((schedule, tz)) = schedule
+        && !jitter.is_zero()
+    {
+        let interval = schedule.shortest_interval(tz);
+        if jitter >= interval {
+            problems.push(
+                path,
+                Some(text),
+                format!(
+                    "must be shorter than the time between two slots of the schedule {schedule} \
+                     ({schedule_source}): {}",
+                    humantime::format_duration(interval)
+                ),
+            );
+        }
+    }
+    jitter
 }
 
 /// Picks one field of a nested block (`retry`, `retention`) from the application, else from defaults,
@@ -1818,6 +1965,7 @@ fn validate_retention(
         keep_daily: count("keepDaily", |r| &r.keep_daily),
         keep_weekly: count("keepWeekly", |r| &r.keep_weekly),
         keep_monthly: count("keepMonthly", |r| &r.keep_monthly),
+        keep_yearly: count("keepYearly", |r| &r.keep_yearly),
         min_keep,
         scope,
         max_deletions_per_run,

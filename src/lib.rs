@@ -6,7 +6,8 @@
 //!
 //! - [`config`]: the YAML file and `SAVEPOINTD_*` overrides, validated into [`config::Config`]; every error
 //!   names its field path.
-//! - [`schedule`]: pure schedule arithmetic (cron in a timezone, `@every`, `@daily-random`); takes `now`.
+//! - [`schedule`]: pure schedule arithmetic (cron in a timezone, `@every`, `@daily-random`), blackout
+//!   windows (the next run outside them) and jitter offsets; takes `now`.
 //! - [`model`]: the leaf every part shares: [`model::Target`] (with its application),
 //!   [`model::Savepoint`] as any platform reports it (with the platform's own reason to keep it,
 //!   `protected`), resolution errors, and name sanitising.

@@ -17,7 +17,8 @@
 //! 6. With no COMPLETED savepoint anywhere in the history, nothing is deleted (not even FAILED ones: a
 //!    history of failures is what an operator needs to see).
 //! 7. Keep rules form a union over the COMPLETED savepoints in scope: the newest `minKeep` (the floor),
-//!    `keepLast`, `keepWithin`, and the grandfather-father-son buckets in the application's timezone. A
+//!    `keepLast`, `keepWithin`, and the grandfather-father-son buckets (hours, days, weeks, months,
+//!    years) in the application's timezone. A
 //!    completed savepoint no rule keeps is deleted; FAILED and FAILED_DELETION ones hold no usable state and
 //!    are deleted.
 //! 8. A savepoint that shares its location with a kept one stays: VVP deletes every resource pointing to a
@@ -87,7 +88,8 @@ impl Plan {
 /// Plans retention for one application.
 ///
 /// `history` is every savepoint of the application's target as the platform lists it, whatever created
-/// it. `tz` is the application's timezone: hours, days, weeks and months of the keep rules are counted in it.
+/// it. `tz` is the application's timezone: hours, days, weeks, months and years of the keep rules are
+/// counted in it.
 pub fn plan(
     history: &[Savepoint],
     policy: &Retention,
@@ -247,6 +249,7 @@ fn active_rules(policy: &Retention) -> String {
         ("keepDaily", policy.keep_daily),
         ("keepWeekly", policy.keep_weekly),
         ("keepMonthly", policy.keep_monthly),
+        ("keepYearly", policy.keep_yearly),
     ] {
         if n > 0 {
             rules.push(format!("{name} {n}"));
@@ -291,6 +294,7 @@ fn keep_rules(
         (Period::Day, policy.keep_daily),
         (Period::Week, policy.keep_weekly),
         (Period::Month, policy.keep_monthly),
+        (Period::Year, policy.keep_yearly),
     ] {
         for (i, key) in buckets(
             candidates.iter().map(|&i| (i, sorted[i].created_at)),
@@ -310,6 +314,7 @@ enum Period {
     Day,
     Week,
     Month,
+    Year,
 }
 
 impl Period {
@@ -319,11 +324,12 @@ impl Period {
             Period::Day => "daily",
             Period::Week => "weekly",
             Period::Month => "monthly",
+            Period::Year => "yearly",
         }
     }
 
-    /// The period `at` falls in, in `tz`: `2026-11-20T14`, `2026-11-20`, `2026-W47` (ISO week), `2026-11`.
-    /// Keys of one period kind sort in time order.
+    /// The period `at` falls in, in `tz`: `2026-11-20T14`, `2026-11-20`, `2026-W47` (ISO week), `2026-11`,
+    /// `2026`. Keys of one period kind sort in time order.
     fn key(self, at: DateTime<Utc>, tz: Tz) -> String {
         let local = at.with_timezone(&tz);
         match self {
@@ -334,6 +340,7 @@ impl Period {
                 format!("{:04}-W{:02}", week.year(), week.week())
             }
             Period::Month => local.format("%Y-%m").to_string(),
+            Period::Year => local.format("%Y").to_string(),
         }
     }
 }
@@ -514,6 +521,100 @@ mod tests {
         assert_eq!(Period::Month.key(t, BERLIN), "2026-12");
         let t = at("2027-01-01T02:00:00Z");
         assert_eq!(Period::Month.key(t, NEW_YORK), "2026-12");
+    }
+
+    #[test]
+    fn years_turn_at_local_midnight_on_new_years_eve() {
+        // 23:30 UTC on 31 December is already the new year in Berlin; 04:00 UTC on 1 January is still
+        // the old one in New York.
+        let t = at("2026-12-31T23:30:00Z");
+        assert_eq!(Period::Year.key(t, Tz::UTC), "2026");
+        assert_eq!(Period::Year.key(t, BERLIN), "2027");
+        assert_eq!(
+            Period::Year.key(at("2027-01-01T04:00:00Z"), NEW_YORK),
+            "2026"
+        );
+        // The newest of each year that has one, as the other buckets count.
+        let items = [
+            ("new-year-eve", t),
+            ("dec", at("2026-12-01T12:00:00Z")),
+            ("2025", at("2025-06-01T12:00:00Z")),
+            ("2023", at("2023-06-01T12:00:00Z")),
+        ];
+        assert_eq!(
+            buckets(items, Period::Year, 2, BERLIN),
+            vec![
+                ("new-year-eve", "2027".to_string()),
+                ("dec", "2026".to_string()),
+            ]
+        );
+        assert_eq!(
+            buckets(items, Period::Year, 3, Tz::UTC),
+            vec![
+                ("new-year-eve", "2026".to_string()),
+                ("2025", "2025".to_string()),
+                ("2023", "2023".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn keep_yearly_alone_turns_retention_on_and_keeps_the_newest_of_each_year() {
+        let policy = Retention {
+            keep_last: 0,
+            keep_within: None,
+            keep_hourly: 0,
+            keep_daily: 0,
+            keep_weekly: 0,
+            keep_monthly: 0,
+            keep_yearly: 2,
+            min_keep: 1,
+            scope: Scope::All,
+            max_deletions_per_run: 20,
+        };
+        assert!(policy.is_enabled());
+        assert_eq!(
+            describe(&policy),
+            "keepYearly 2 (minKeep 1, scope all, at most 20 deletions per run)"
+        );
+        let completed = |id: &str, t: &str| Savepoint {
+            id: id.into(),
+            created_at: at(t),
+            state: State::Completed,
+            origin: Origin::UserRequest,
+            kind: SavepointType::Full,
+            location: None,
+            failure: None,
+            managed: None,
+            protected: None,
+        };
+        let history = [
+            completed("jan-2027", "2027-01-10T12:00:00Z"),
+            completed("dec-2026", "2026-12-10T12:00:00Z"),
+            completed("jun-2026", "2026-06-10T12:00:00Z"),
+            completed("jun-2025", "2025-06-10T12:00:00Z"),
+        ];
+        let plan = plan(
+            &history,
+            &policy,
+            "app",
+            Tz::UTC,
+            at("2027-02-01T00:00:00Z"),
+        );
+        let reasons: Vec<(&str, &str)> = plan
+            .decisions
+            .iter()
+            .map(|d| (d.savepoint.id.as_str(), d.reason.as_str()))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                ("jan-2027", "kept: newest completed"),
+                ("dec-2026", "kept: yearly 2026"),
+                ("jun-2026", "delete: not kept by keepYearly 2"),
+                ("jun-2025", "delete: not kept by keepYearly 2"),
+            ]
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::model::{Savepoint, State, Target};
 use crate::platform::{self, TriggerRequest};
 use crate::resolve;
 use crate::runtime::App;
+use crate::schedule::{self, Opening};
 
 /// Why a slot triggered nothing. `category` is the `runs_skipped_total{reason}` label.
 #[derive(Debug)]
@@ -33,17 +34,36 @@ pub enum Skip {
         latest: Option<DateTime<Utc>>,
         next: Option<DateTime<Utc>>,
     },
+    /// The slot falls inside a blackout window: skipped as the operator asked, not queued for later.
+    Blackout {
+        slot: DateTime<Utc>,
+        /// The window as configured (`0 8 * * 1-5 for 10h`).
+        window: String,
+        opening: Opening,
+    },
 }
 
 impl Skip {
     /// Every value [`Skip::category`] takes, so each series exists at 0 from the start.
-    pub const CATEGORIES: [&'static str; 5] = [
+    pub const CATEGORIES: [&'static str; 6] = [
         "paused",
         "in_progress",
         "not_running",
         "unresolved",
         "not_due",
+        "blackout",
     ];
+
+    /// The skip of `slot` if a blackout window holds it.
+    pub fn blackout(app: &crate::config::Application, slot: DateTime<Utc>) -> Option<Skip> {
+        schedule::blackout(&app.blackout_windows, slot, app.timezone).map(|(window, opening)| {
+            Skip::Blackout {
+                slot,
+                window: window.to_string(),
+                opening,
+            }
+        })
+    }
 
     pub fn category(&self) -> &'static str {
         match self {
@@ -54,6 +74,7 @@ impl Skip {
             ) => "not_running",
             Skip::Unresolved(_) => "unresolved",
             Skip::NotDue { .. } => "not_due",
+            Skip::Blackout { .. } => "blackout",
         }
     }
 }
@@ -70,6 +91,17 @@ impl std::fmt::Display for Skip {
                 "no slot within startingDeadline (latest {}, next {})",
                 time(latest),
                 time(next)
+            ),
+            Skip::Blackout {
+                slot,
+                window,
+                opening,
+            } => write!(
+                f,
+                "slot {} is inside blackout window {window} (open {} to {})",
+                slot.to_rfc3339(),
+                opening.start.to_rfc3339(),
+                opening.end.to_rfc3339()
             ),
         }
     }
@@ -144,14 +176,15 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// Whether the slot has what it should: its savepoint, or nothing was asked of it. A run skipped
-    /// because another savepoint is in flight left the slot without one, and says so.
+    /// Whether the slot has what it should: its savepoint, or nothing was asked of it (paused, not due,
+    /// inside a blackout window). A run skipped because another savepoint is in flight left the slot
+    /// without one, and says so.
     pub fn is_ok(&self) -> bool {
         matches!(
             self,
             Outcome::Completed { .. }
                 | Outcome::AlreadyDone(_)
-                | Outcome::Skipped(Skip::Paused | Skip::NotDue { .. })
+                | Outcome::Skipped(Skip::Paused | Skip::NotDue { .. } | Skip::Blackout { .. })
         )
     }
 }
@@ -227,7 +260,8 @@ pub fn next_step<'a>(
 
 /// The slot `once` runs: the schedule's latest slot at or before `now`, if it is within the
 /// application's `startingDeadline` (so a retried or duplicated CronJob Job, or `once` beside the
-/// daemon, meets the slot's savepoint instead of making a second one).
+/// daemon, meets the slot's savepoint instead of making a second one), and outside the blackout windows
+/// (a slot inside one is skipped, as the daemon skips it; `once` does not reach back to an earlier one).
 pub fn due_slot(
     app: &crate::config::Application,
     now: DateTime<Utc>,
@@ -239,12 +273,49 @@ pub fn due_slot(
                 .to_std()
                 .is_ok_and(|late| late <= app.starting_deadline) =>
         {
-            Ok(slot)
+            Skip::blackout(app, slot).map_or(Ok(slot), Err)
         }
         _ => Err(Skip::NotDue {
             latest,
-            next: app.schedule.next_after(now, app.timezone),
+            next: schedule::next_run(&app.schedule, &app.blackout_windows, now, app.timezone),
         }),
+    }
+}
+
+/// Counts and logs a skip decided before a run began (a blackout window, nothing due for `once`).
+pub fn skip(app: &App, skip: Skip) -> Outcome {
+    let slot = match &skip {
+        Skip::Blackout { slot, .. } => slot.to_rfc3339(),
+        _ => String::new(),
+    };
+    let span = tracing::info_span!(
+        "run",
+        application = %app.config.name,
+        platform = %app.platform_name,
+        slot = %slot,
+    );
+    let _enter = span.enter();
+    report_skip(app, &skip);
+    Outcome::Skipped(skip)
+}
+
+fn report_skip(app: &App, skip: &Skip) {
+    app.metrics.skipped(skip.category());
+    match skip {
+        Skip::Paused => info!("skipped: application is paused"),
+        Skip::InProgress { id } => {
+            warn!(savepoint_id = %id, "skipped: another savepoint is still in flight")
+        }
+        Skip::Unresolved(e) => warn!(error = %e, reason = skip.category(), "skipped"),
+        Skip::NotDue { .. } => info!(reason = %skip, "skipped: nothing due"),
+        Skip::Blackout {
+            window, opening, ..
+        } => info!(
+            window = %window,
+            window_start = %opening.start.to_rfc3339(),
+            window_end = %opening.end.to_rfc3339(),
+            "skipped: slot inside a blackout window"
+        ),
     }
 }
 
@@ -273,17 +344,7 @@ pub async fn run_slot(
         Outcome::AlreadyDone(s) => {
             info!(savepoint_id = %s.id, "slot already has its savepoint; nothing triggered")
         }
-        Outcome::Skipped(skip) => {
-            app.metrics.skipped(skip.category());
-            match skip {
-                Skip::Paused => info!("skipped: application is paused"),
-                Skip::InProgress { id } => {
-                    warn!(savepoint_id = %id, "skipped: another savepoint is still in flight")
-                }
-                Skip::Unresolved(e) => warn!(error = %e, reason = skip.category(), "skipped"),
-                Skip::NotDue { .. } => info!(reason = %skip, "skipped: nothing due"),
-            }
-        }
+        Outcome::Skipped(skip) => report_skip(app, skip),
         Outcome::Failed(f) => warn!(error = %f, reason = f.category(), "savepoint run failed"),
     }
     outcome
@@ -889,6 +950,14 @@ mod tests {
             Skip::NotDue {
                 latest: None,
                 next: None,
+            },
+            Skip::Blackout {
+                slot: slot(),
+                window: String::new(),
+                opening: Opening {
+                    start: slot(),
+                    end: slot(),
+                },
             },
         ];
         let seen: Vec<&str> = skips.iter().map(Skip::category).collect();

@@ -1,18 +1,20 @@
 //! The daemon's clock: one loop per application that sleeps until the next slot of its schedule (in its
-//! timezone) and runs it. A run happens inside the loop, so one application never has two runs at once;
-//! slots that pass while a run is still going are skipped and counted as `in_progress`.
+//! timezone), plus the slot's jitter offset, and runs it. A run happens inside the loop, so one
+//! application never has two runs at once; slots that pass while a run is still going are skipped and
+//! counted as `in_progress`. Slots inside a blackout window are skipped at their time and counted as
+//! `blackout`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::runner;
 use crate::runtime::App;
-use crate::schedule;
+use crate::schedule::{self, Opening};
 
 /// Runs every application's loop until `shutdown` is cancelled, then gives the runs in flight `grace` to
 /// finish; what is still running after that is abandoned (a savepoint keeps going on the platform, and
@@ -43,34 +45,63 @@ pub async fn run(apps: Vec<Arc<App>>, shutdown: CancellationToken, grace: Durati
 async fn application_loop(app: Arc<App>, shutdown: CancellationToken) {
     let config = &app.config;
     let (schedule, tz) = (&config.schedule, config.timezone);
+    let windows = &config.blackout_windows;
+    // When the run of a slot is due: the slot plus its jitter offset.
+    let due =
+        |slot: DateTime<Utc>| slot + schedule::jitter_offset(&config.name, slot, config.jitter);
     // Runs are boxed: a thousand loops sleep between slots, and each would otherwise carry the largest
     // state of a run (its HTTP futures) inline while it sleeps.
     Box::pin(runner::recover(&app)).await;
 
-    // A slot missed by less than startingDeadline (the daemon restarted across it) is still run; the
-    // platform's records tell whether it already has its savepoint.
+    // The blackout window whose first skipped slot was logged at info; its further slots go to debug,
+    // so that a window over a seconds schedule does not flood the log.
+    let mut logged_window: Option<Opening> = None;
+    // The loop looks for slots after `cursor`.
     let now = Utc::now();
-    let mut last: Option<DateTime<Utc>> = None;
+    let mut cursor = now;
     if let Some(previous) = schedule.latest_at_or_before(now, tz)
-        && (now - previous).to_std().unwrap_or_default() <= config.starting_deadline
         && !shutdown.is_cancelled()
     {
-        info!(application = %config.name, slot = %previous.to_rfc3339(), "running a slot missed at startup");
-        Box::pin(runner::run_slot(&app, previous, true, &shutdown)).await;
-        last = Some(previous);
+        if due(previous) > now {
+            // Its jittered start is still ahead: the loop waits for it as for any other slot (slots are
+            // whole seconds, so the slot is the first after this).
+            cursor = previous - TimeDelta::seconds(1);
+        } else if (now - previous).to_std().unwrap_or_default() <= config.starting_deadline {
+            // A slot missed by less than startingDeadline (the daemon restarted across it) is still
+            // run; the platform's records tell whether it already has its savepoint.
+            match runner::Skip::blackout(config, previous) {
+                Some(skip) => {
+                    if let runner::Skip::Blackout { opening, .. } = &skip {
+                        logged_window = Some(*opening);
+                    }
+                    runner::skip(&app, skip);
+                }
+                None => {
+                    info!(application = %config.name, slot = %previous.to_rfc3339(), "running a slot missed at startup");
+                    Box::pin(runner::run_slot(&app, previous, true, &shutdown)).await;
+                }
+            }
+            cursor = previous;
+        }
     }
 
     loop {
         let now = Utc::now();
-        let Some(mut next) = schedule.next_after(last.unwrap_or(now), tz) else {
+        let Some(mut next) = schedule.next_after(cursor, tz) else {
             warn!(application = %config.name, "the schedule has no further slot");
             break;
         };
-        // Slots that passed while the previous run was still going.
-        let mut missed = 0;
-        while next < now && missed < 10_000 {
-            app.metrics.skipped("in_progress");
-            missed += 1;
+        // Slots whose start passed while the previous run was still going; those inside a blackout
+        // window would not have run anyway and count as such.
+        let (mut passed, mut missed) = (0, 0);
+        while due(next) < now && passed < 10_000 {
+            passed += 1;
+            if schedule::blackout(windows, next, tz).is_some() {
+                app.metrics.skipped("blackout");
+            } else {
+                missed += 1;
+                app.metrics.skipped("in_progress");
+            }
             next = match schedule.next_after(next, tz) {
                 Some(n) => n,
                 None => return,
@@ -79,20 +110,43 @@ async fn application_loop(app: Arc<App>, shutdown: CancellationToken) {
         if missed > 0 {
             warn!(application = %config.name, missed, "slots passed while a run was in progress");
         }
-        app.metrics
-            .schedule(Some(next), schedule.expected_interval(now, tz));
-        let wait = (next - Utc::now()).to_std().unwrap_or_default();
+        app.metrics.schedule(
+            schedule::next_run(schedule, windows, next - TimeDelta::seconds(1), tz),
+            schedule::expected_interval(schedule, windows, now, tz),
+        );
+        let blackout = schedule::blackout(windows, next, tz);
+        // A slot inside a window is skipped at its own time; only a run waits for its jitter.
+        let wake = if blackout.is_some() { next } else { due(next) };
+        let wait = (wake - Utc::now()).to_std().unwrap_or_default();
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(wait) => {}
         }
+        cursor = next;
+        if let Some((window, opening)) = blackout {
+            if logged_window == Some(opening) {
+                app.metrics.skipped("blackout");
+                debug!(application = %config.name, slot = %next.to_rfc3339(), "skipped: slot inside a blackout window");
+            } else {
+                logged_window = Some(opening);
+                let window = window.to_string();
+                runner::skip(
+                    &app,
+                    runner::Skip::Blackout {
+                        slot: next,
+                        window,
+                        opening,
+                    },
+                );
+            }
+            continue;
+        }
         let fired = Utc::now();
-        app.metrics.lateness(schedule::lateness(next, fired));
+        app.metrics.lateness(schedule::lateness(due(next), fired));
         // Many applications share a slot (every `0 1 * * *`). Yielding once lets every loop woken
         // for this slot record its start before any of them does the run's synchronous work, so one
         // application's run never delays another's start.
         tokio::task::yield_now().await;
         Box::pin(runner::run_slot(&app, next, true, &shutdown)).await;
-        last = Some(next);
     }
 }

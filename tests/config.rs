@@ -2,6 +2,7 @@
 //! the value; and the binary's contract: exit 2, nothing triggered.
 
 use std::process::Command;
+use std::time::Duration;
 
 use savepointd::config::{self, Error};
 
@@ -456,6 +457,235 @@ fn retention_and_retry_bounds() {
         &with_apps("  - name: a\n    formatType: canonical\n"),
         &["applications[0].formatType", "CANONICAL or NATIVE"],
     );
+}
+
+#[test]
+fn scheduling_fields_parse_and_inherit_and_an_empty_list_turns_windows_off() {
+    let config = config::from_yaml(&format!(
+        r#"{PLATFORM}defaults:
+  schedule: "0 * * * *"
+  jitter: 5m
+  blackoutWindows:
+    - {{ schedule: "0 22 * * *", duration: 10h }}
+  retention: {{ keepYearly: 3, keepLast: 2 }}
+applications:
+  - inherits
+  - name: own-windows
+    blackoutWindows:
+      - {{ schedule: "0 8 * * 1-5", duration: 2h }}
+      - {{ schedule: "0 0 1 * *", duration: 1d }}
+  - name: no-windows
+    blackoutWindows: []
+    jitter: 0s
+  - name: fewer-years
+    retention: {{ keepYearly: 1 }}
+"#
+    ))
+    .unwrap();
+    let app = |name| config.application(name).unwrap();
+    let windows = |name| {
+        app(name)
+            .blackout_windows
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(windows("inherits"), ["0 22 * * * for 10h"]);
+    assert_eq!(
+        windows("own-windows"),
+        ["0 8 * * 1-5 for 2h", "0 0 1 * * for 1day"],
+        "an application's list replaces the defaults'"
+    );
+    assert!(
+        windows("no-windows").is_empty(),
+        "an empty list turns them off"
+    );
+    assert_eq!(app("inherits").jitter, Duration::from_secs(300));
+    assert_eq!(app("no-windows").jitter, Duration::ZERO);
+
+    assert_eq!(app("inherits").retention.keep_yearly, 3);
+    let fewer = &app("fewer-years").retention;
+    assert_eq!(
+        (fewer.keep_yearly, fewer.keep_last),
+        (1, 2),
+        "merged field by field"
+    );
+
+    // Without any of them: no jitter, no window, no yearly rule.
+    let plain = config::from_yaml(&with_apps("  - name: a\n")).unwrap();
+    let a = &plain.applications[0];
+    assert_eq!(a.jitter, Duration::ZERO);
+    assert!(a.blackout_windows.is_empty());
+    assert_eq!(a.retention.keep_yearly, 0);
+    // keepYearly alone is a keep rule.
+    let yearly = config::from_yaml(&with_apps(
+        "  - name: a\n    retention: { keepYearly: 2 }\n",
+    ))
+    .unwrap();
+    assert!(yearly.applications[0].retention.is_enabled());
+}
+
+#[test]
+fn scheduling_errors_name_the_field() {
+    let app = |extra: &str| with_apps(&format!("  - name: first\n  - name: second\n{extra}"));
+    assert_names(
+        &app("    blackoutWindows:\n      - { schedule: \"0 22 * * *\", duration: soon }\n"),
+        &[
+            "applications[1].blackoutWindows[0].duration",
+            "soon",
+            "not a duration",
+        ],
+    );
+    assert_names(
+        &app("    blackoutWindows:\n      - { schedule: \"0 22 * * *\", duration: 0s }\n"),
+        &[
+            "applications[1].blackoutWindows[0].duration",
+            "greater than zero",
+        ],
+    );
+    assert_names(
+        &app("    blackoutWindows:\n      - { schedule: \"0 22 * *\", duration: 1h }\n"),
+        &["applications[1].blackoutWindows[0].schedule", "found 4"],
+    );
+    assert_names(
+        &app("    blackoutWindows:\n      - { schedule: \"0 22 * * *\" }\n"),
+        &[
+            "applications[1].blackoutWindows[0].duration",
+            "missing required field",
+        ],
+    );
+    assert_names(
+        &app(
+            "    blackoutWindows:\n      - { schedule: \"0 22 * * *\", duration: 1h, until: x }\n",
+        ),
+        &["applications[1].blackoutWindows[0].until", "unknown field"],
+    );
+    assert_names(
+        &app("    blackoutWindows: { schedule: \"0 22 * * *\", duration: 1h }\n"),
+        &["applications[1].blackoutWindows", "a list"],
+    );
+    // Windows that leave no slot: refused, naming the list and the schedule they cover.
+    assert_names(
+        &app(
+            "    schedule: \"0 1 * * *\"\n    blackoutWindows:\n      - { schedule: \"0 0 * * *\", duration: 2h }\n",
+        ),
+        &[
+            "applications[1].blackoutWindows: every slot falls inside a blackout window",
+            "0 1 * * * (applications[1].schedule)",
+        ],
+    );
+    assert_names(
+        &format!(
+            "{PLATFORM}defaults:\n  blackoutWindows:\n    - {{ schedule: \"@every 1h\", duration: 1h }}\napplications:\n  - name: a\n    schedule: \"@every 30m\"\n"
+        ),
+        &[
+            "defaults.blackoutWindows: every slot falls inside a blackout window",
+            "applications[0].schedule",
+        ],
+    );
+
+    assert_names(
+        &app("    jitter: 25h\n"),
+        &["applications[1].jitter", "25h", "at most 24h"],
+    );
+    assert_names(
+        &app("    jitter: soon\n"),
+        &["applications[1].jitter", "not a duration"],
+    );
+    assert_names(
+        &app("    schedule: \"@every 1h\"\n    jitter: 1h\n"),
+        &[
+            "applications[1].jitter",
+            "must be shorter than the time between two slots of the schedule @every 1h (applications[1].schedule): 1h",
+        ],
+    );
+    assert_names(
+        &format!(
+            "{PLATFORM}defaults:\n  jitter: 10m\napplications:\n  - name: a\n    schedule: \"*/5 * * * *\"\n"
+        ),
+        &[
+            "defaults.jitter",
+            "shorter than the time between two slots of the schedule */5 * * * * (applications[0].schedule): 5m",
+        ],
+    );
+    // Just below the interval is accepted.
+    config::from_yaml(&with_apps(
+        "  - name: a\n    schedule: \"@every 1h\"\n    jitter: 59m\n",
+    ))
+    .unwrap();
+
+    assert_names(
+        &app("    retention: { keepYearly: -1 }\n"),
+        &["applications[1].retention.keepYearly", "-1"],
+    );
+}
+
+#[test]
+fn check_config_shows_jitter_windows_and_the_runs_outside_them() {
+    let config = config::from_yaml(&with_apps(
+        "  - name: nightly-only\n    schedule: \"0 * * * *\"\n    timezone: Europe/Berlin\n    jitter: 5m\n    blackoutWindows:\n      - { schedule: \"0 0 * * *\", duration: 23h }\n    retention: { keepYearly: 2 }\n",
+    ))
+    .unwrap();
+    let now: chrono::DateTime<chrono::Utc> = "2026-11-20T12:00:00Z".parse().unwrap();
+    let plan = savepointd::commands::check_config(&config, now);
+    for needle in [
+        "jitter 5m",
+        "blackout 0 0 * * * for 23h",
+        "keepYearly 2",
+        // Only 23:00 Berlin (22:00 UTC in winter) is outside the window.
+        "2026-11-20T22:00:00Z",
+        "2026-11-21T22:00:00Z",
+        "2026-11-22T22:00:00Z",
+    ] {
+        assert!(plan.contains(needle), "{needle} missing:\n{plan}");
+    }
+    assert!(!plan.contains("2026-11-20T13:00:00Z"), "{plan}");
+}
+
+#[test]
+fn scheduling_fields_take_environment_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, with_apps("  - name: a\n")).unwrap();
+    let check = |envs: &[(&str, &str)]| {
+        let mut c = savepointd();
+        c.args(["--config", path.to_str().unwrap(), "check-config"]);
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let out = check(&[
+        ("SAVEPOINTD_DEFAULTS__JITTER", "5m"),
+        (
+            "SAVEPOINTD_DEFAULTS__BLACKOUT_WINDOWS",
+            r#"[{schedule="0 8 * * 1-5", duration=10h}]"#,
+        ),
+        ("SAVEPOINTD_DEFAULTS__RETENTION__KEEP_YEARLY", "3"),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in ["jitter 5m", "blackout 0 8 * * 1-5 for 10h", "keepYearly 3"] {
+        assert!(stdout.contains(needle), "{needle} missing:\n{stdout}");
+    }
+
+    let out = check(&[(
+        "SAVEPOINTD_DEFAULTS__BLACKOUT_WINDOWS",
+        r#"[{schedule="0 8 * * 1-5", duration=forever}]"#,
+    )]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("defaults.blackoutWindows[0].duration") && stderr.contains("forever"),
+        "{stderr}"
+    );
+    let out = check(&[("SAVEPOINTD_DEFAULTS__JITTER", "2d")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("defaults.jitter"));
 }
 
 #[test]

@@ -421,6 +421,7 @@ async fn every_series_known_at_start_is_there_at_the_first_scrape() {
         ),
         (series("savepoint_failure_total", ",reason=\"stuck\""), "0"),
         (series("runs_skipped_total", ",reason=\"not_due\""), "0"),
+        (series("runs_skipped_total", ",reason=\"blackout\""), "0"),
         (
             series("resolve_failures_total", ",reason=\"ambiguous\""),
             "0",
@@ -475,4 +476,113 @@ async fn a_wrong_token_shows_at_start_not_at_the_first_slot() {
         "{metrics}"
     );
     assert!(f.vvp.triggers().is_empty(), "no slot ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_inside_a_blackout_window_are_skipped_counted_and_never_the_next_run() {
+    let f = fixture(VvpSimOptions {
+        complete_after: Duration::from_millis(100),
+        ..Default::default()
+    })
+    .await;
+    let (name, _) = APPS[1];
+    // Every second; the window opens every fourth second for two: seconds 4k and 4k+1 are skipped.
+    let daemon = Daemon::start(&f.config(
+        "",
+        &format!(
+            "  - name: {name}\n    schedule: \"* * * * * *\"\n    blackoutWindows:\n      - {{ schedule: \"*/4 * * * * *\", duration: 2s }}\n"
+        ),
+    ))
+    .await;
+    let series = |metric: &str, extra: &str| {
+        format!("savepointd_{metric}{{application=\"{name}\",platform=\"vvp\"{extra}}}")
+    };
+    let skipped = series("runs_skipped_total", ",reason=\"blackout\"");
+    let enough = eventually(Duration::from_secs(20), || async {
+        let skips = daemon.metric(&skipped).await.unwrap_or(0.0);
+        (skips >= 3.0 && f.vvp.triggers().len() >= 3).then_some(())
+    })
+    .await;
+    let next_run = daemon
+        .metric(&series("schedule_next_run_timestamp_seconds", ""))
+        .await;
+    let interval = daemon
+        .metric(&series("schedule_expected_interval_seconds", ""))
+        .await;
+    let metrics = daemon.get("/metrics").await.1;
+    daemon.stop().await;
+    assert!(enough.is_some(), "{metrics}");
+
+    for t in f.vvp.triggers() {
+        let second = slot_of(&t).timestamp() % 4;
+        assert!(
+            second >= 2,
+            "slot {} is inside a window yet was triggered",
+            slot_of(&t)
+        );
+    }
+    let next_run = next_run.expect("the next run is exported") as i64;
+    assert!(
+        next_run % 4 >= 2,
+        "the next run {next_run} is outside the windows"
+    );
+    // From 4k-1, the last run before a window, to 4k+2, the first after it.
+    assert_eq!(interval, Some(3.0), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jittered_run_starts_at_its_stable_offset_and_keeps_its_slot() {
+    let f = fixture(VvpSimOptions {
+        complete_after: Duration::from_millis(100),
+        ..Default::default()
+    })
+    .await;
+    let (name, _) = APPS[1];
+    let jitter = Duration::from_secs(3);
+    let daemon = Daemon::start(&f.config(
+        "",
+        &format!(
+            "  - name: {name}\n    schedule: \"*/4 * * * * *\"\n    jitter: 3s\n    startingDeadline: 1s\n"
+        ),
+    ))
+    .await;
+    // The first trigger may be a slot missed at startup, run late on purpose: look at the ones after it.
+    let triggered = eventually(Duration::from_secs(30), || async {
+        (f.vvp.triggers().len() >= 3).then_some(())
+    })
+    .await;
+    let metrics = daemon.get("/metrics").await.1;
+    daemon.stop().await;
+    assert!(triggered.is_some(), "{metrics}");
+
+    for t in f.vvp.triggers().iter().skip(1) {
+        let slot = slot_of(t);
+        assert_eq!(slot.timestamp() % 4, 0, "the slot is the scheduled time");
+        let due = slot + savepointd::schedule::jitter_offset(name, slot, jitter);
+        let created: DateTime<Utc> = t["metadata"]["createdAt"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let late = (created - due).num_milliseconds();
+        assert!(
+            (-50..1_000).contains(&late),
+            "slot {slot}: triggered at {created}, due at {due} ({late} ms)"
+        );
+    }
+    // Lateness is measured from the slot plus its offset, not from the slot.
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name} missing from\n{metrics}"))
+    };
+    let (sum, count) = (
+        value("savepointd_schedule_lateness_seconds_sum"),
+        value("savepointd_schedule_lateness_seconds_count"),
+    );
+    assert!(
+        count >= 2.0 && sum / count < 0.5,
+        "{sum} s over {count} runs"
+    );
 }

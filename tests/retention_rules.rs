@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use chrono::{DateTime, Datelike, NaiveDate, TimeDelta, Timelike, Utc};
+use chrono::{DateTime, Datelike, Months, NaiveDate, TimeDelta, Timelike, Utc};
 use chrono_tz::Tz;
 use proptest::prelude::*;
 use savepointd::config::{Retention, Scope};
@@ -72,6 +72,7 @@ fn off() -> Retention {
         keep_daily: 0,
         keep_weekly: 0,
         keep_monthly: 0,
+        keep_yearly: 0,
         min_keep: 1,
         scope: Scope::Managed,
         max_deletions_per_run: 20,
@@ -557,6 +558,41 @@ fn keep_monthly_counts_months_in_the_applications_timezone() {
 }
 
 #[test]
+fn keep_yearly_counts_years_in_the_applications_timezone() {
+    // 31 December 2025, 23:30 UTC is already 2026 in Berlin.
+    let history = gfs_history(&[
+        ("new-years-eve", "2025-12-31T23:30:00Z"),
+        ("dec-2025", "2025-12-01T12:00:00Z"),
+        ("jun-2024", "2024-06-01T12:00:00Z"),
+        ("jun-2023", "2023-06-01T12:00:00Z"),
+    ]);
+    let policy = Retention {
+        keep_yearly: 2,
+        ..off()
+    };
+    assert_table(
+        &run_in(&history, &policy, Tz::UTC),
+        &[
+            "manual: kept: newest completed",
+            "new-years-eve: kept: minKeep 1, yearly 2025",
+            "dec-2025: delete: not kept by keepYearly 2",
+            "jun-2024: kept: yearly 2024",
+            "jun-2023: delete: not kept by keepYearly 2",
+        ],
+    );
+    assert_table(
+        &run_in(&history, &policy, BERLIN),
+        &[
+            "manual: kept: newest completed",
+            "new-years-eve: kept: minKeep 1, yearly 2026",
+            "dec-2025: kept: yearly 2025",
+            "jun-2024: delete: not kept by keepYearly 2",
+            "jun-2023: delete: not kept by keepYearly 2",
+        ],
+    );
+}
+
+#[test]
 fn keep_hourly_counts_hours_and_the_rules_form_a_union() {
     let history = [
         managed("h11", "2026-12-05T11:10:00Z"),
@@ -932,6 +968,10 @@ const KINDS: [SavepointType; 9] = [
 /// This application's (3 in 6), another application's (1 in 6), nobody's (2 in 6).
 const OWNERS: [Option<&str>; 6] = [Some(APP), Some(APP), Some(APP), Some(OTHER_APP), None, None];
 
+/// Years a savepoint is moved back (3 in 6 not at all), so that histories span several years for
+/// `keepYearly`.
+const YEARS_BACK: [u32; 6] = [0, 0, 0, 1, 2, 3];
+
 /// Minutes from [`base_now`]: 80 days back to 10 days ahead (clock skew). `grain` 0 keeps the minute,
 /// 1 rounds to the hour and 2 to the day, so that savepoints share a timestamp and the id breaks the tie.
 fn offset_minutes(raw: u32, grain: u8) -> i64 {
@@ -943,7 +983,7 @@ fn offset_minutes(raw: u32, grain: u8) -> i64 {
     }
 }
 
-type Spec = (usize, usize, usize, usize, usize, u32, u8);
+type Spec = (usize, usize, usize, usize, usize, u32, u8, usize);
 
 fn arb_savepoint_spec() -> impl Strategy<Value = Spec> {
     (
@@ -955,19 +995,22 @@ fn arb_savepoint_spec() -> impl Strategy<Value = Spec> {
         0..LOCATIONS.len() * 5 / 4,
         0..90 * 1440u32,
         0..5u8,
+        0..YEARS_BACK.len(),
     )
 }
 
-/// A history around [`base_now`]; ids are unique, as on every platform.
+/// A history around [`base_now`], some of it moved back by years; ids are unique, as on every platform.
 fn arb_history() -> impl Strategy<Value = Vec<Savepoint>> {
     prop::collection::vec(arb_savepoint_spec(), 0..40).prop_map(|specs| {
         specs
             .into_iter()
             .enumerate()
             .map(
-                |(i, (state, origin, kind, owner, location, minutes, grain))| {
-                    let created_at =
-                        base_now() + TimeDelta::minutes(offset_minutes(minutes, grain));
+                |(i, (state, origin, kind, owner, location, minutes, grain, years))| {
+                    let created_at = (base_now()
+                        + TimeDelta::minutes(offset_minutes(minutes, grain)))
+                    .checked_sub_months(Months::new(12 * YEARS_BACK[years]))
+                    .expect("a date between 2023 and 2026");
                     let managed = OWNERS[owner].map(|application| Managed {
                         application: application.into(),
                         slot: Some(created_at),
@@ -1013,7 +1056,13 @@ fn arb_policy() -> impl Strategy<Value = Retention> {
             2 => Just(None),
             1 => (1..40 * 24 * 60u64).prop_map(|m| Some(Duration::from_secs(m * 60))),
         ],
-        (arb_count(5), arb_count(7), arb_count(4), arb_count(3)),
+        (
+            arb_count(5),
+            arb_count(7),
+            arb_count(4),
+            arb_count(3),
+            arb_count(3),
+        ),
         // minKeep 0 is rejected by the config, but the planner must keep the newest completed without it.
         0..=5u32,
         prop_oneof![
@@ -1024,7 +1073,14 @@ fn arb_policy() -> impl Strategy<Value = Retention> {
         prop_oneof![3 => 0..6u32, 1 => Just(20u32)],
     )
         .prop_map(
-            |(keep_last, keep_within, (hourly, daily, weekly, monthly), min_keep, scope, max)| {
+            |(
+                keep_last,
+                keep_within,
+                (hourly, daily, weekly, monthly, yearly),
+                min_keep,
+                scope,
+                max,
+            )| {
                 Retention {
                     keep_last,
                     keep_within,
@@ -1032,6 +1088,7 @@ fn arb_policy() -> impl Strategy<Value = Retention> {
                     keep_daily: daily,
                     keep_weekly: weekly,
                     keep_monthly: monthly,
+                    keep_yearly: yearly,
                     min_keep,
                     scope,
                     max_deletions_per_run: max,
@@ -1104,13 +1161,14 @@ impl Case {
                     .map(|sp| sp.id.as_str()),
             );
         }
-        let periods: [(u32, PeriodOf); 4] = [
+        let periods: [(u32, PeriodOf); 5] = [
             (p.keep_hourly, |d, h| (d.year(), d.month(), d.day(), h)),
             (p.keep_daily, |d, _| (d.year(), d.month(), d.day(), 0)),
             (p.keep_weekly, |d, _| {
                 (d.iso_week().year(), d.iso_week().week(), 0, 0)
             }),
             (p.keep_monthly, |d, _| (d.year(), d.month(), 0, 0)),
+            (p.keep_yearly, |d, _| (d.year(), 0, 0, 0)),
         ];
         for (n, key) in periods {
             let mut newest_of: BTreeMap<Key, &Savepoint> = BTreeMap::new();
@@ -1275,6 +1333,7 @@ proptest! {
             keep_daily: 0,
             keep_weekly: 0,
             keep_monthly: 0,
+            keep_yearly: 0,
             ..case.policy.clone()
         };
         let plan = plan(&case.history, &policy, APP, case.tz, case.now);

@@ -447,3 +447,122 @@ async fn tls_is_verified_against_the_configured_ca_file() {
     assert!(text.to_lowercase().contains("certificate"), "{text}");
     assert_eq!(f.vvp.triggers().len(), 1, "nothing reached the platform");
 }
+
+/// A window that opens at the start of the current UTC hour and lasts two, so that the slot `once` runs
+/// (the fixture's hourly schedule) is inside it however long the test takes to get there; and when it
+/// closes.
+fn window_over_now() -> (String, chrono::DateTime<chrono::Utc>) {
+    use chrono::{DurationRound, TimeDelta, Timelike};
+    let start = chrono::Utc::now()
+        .duration_trunc(TimeDelta::hours(1))
+        .unwrap();
+    let hour = start.hour();
+    (
+        format!("    blackoutWindows:\n      - {{ schedule: \"0 {hour} * * *\", duration: 2h }}\n"),
+        start + TimeDelta::hours(2),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_inside_a_blackout_window_triggers_nothing_and_is_ok() {
+    let f = fixture(VvpSimOptions::default()).await;
+    let (name, _) = APPS[1];
+    let (window, closes) = window_over_now();
+    let c = config(&f, "", &app(name, &window));
+    let (text, ok) = once(&c, &[name]).await;
+    assert!(ok, "a blackout is what the operator asked for: {text}");
+    assert!(
+        text.contains("blackout: slot") && text.contains("is inside blackout window"),
+        "{text}"
+    );
+    let (dry, ok) = commands::once(&c, &[], true, true, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(
+        ok && dry.contains("would skip") && dry.contains("blackout window"),
+        "{dry}"
+    );
+
+    // The binary: exit 0, and the skip is logged at info with the window.
+    let path = f.dir.path().join("config.yaml");
+    std::fs::write(&path, f.config("", &app(name, &window))).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_savepointd"))
+        .args([
+            "--config",
+            path.to_str().unwrap(),
+            "--log-format",
+            "json",
+            "once",
+        ])
+        .env("RUST_LOG", "info")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let skipped: serde_json::Value = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["message"] == "skipped: slot inside a blackout window")
+        .unwrap_or_else(|| panic!("no skip logged:\n{stderr}"));
+    assert_eq!(skipped["level"], "INFO", "{skipped}");
+    assert!(
+        skipped["window"]
+            .as_str()
+            .unwrap()
+            .ends_with("* * * for 2h"),
+        "{skipped}"
+    );
+    assert!(skipped["window_end"].is_string(), "{skipped}");
+    assert_eq!(skipped["span"]["application"], name, "{skipped}");
+    assert_eq!(posts(&f), 0, "the simulator saw no trigger");
+
+    // The next run is the first slot after the window, not the next slot inside it.
+    let (json, _) = commands::status(&c, Output::Json).await.unwrap();
+    let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let next: chrono::DateTime<chrono::Utc> = rows[0]["nextRun"].as_str().unwrap().parse().unwrap();
+    assert_eq!(next, closes, "{json}");
+
+    // Without the window, the same slot gets its savepoint: the window is what held it back.
+    let (text, ok) = once(&config(&f, "", &app(name, "")), &[name]).await;
+    assert!(ok && text.contains("completed"), "{text}");
+    assert_eq!(posts(&f), 1);
+}
+
+#[test]
+fn jitter_offsets_are_stable_within_the_bound_and_spread() {
+    use savepointd::schedule::jitter_offset;
+    let jitter = Duration::from_secs(600);
+    let base: chrono::DateTime<chrono::Utc> = "2026-11-20T01:00:00Z".parse().unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for app in 0..50 {
+        let name = format!("application-{app}");
+        for hour in 0..200 {
+            let slot = base + chrono::TimeDelta::hours(hour);
+            let offset = jitter_offset(&name, slot, jitter);
+            assert!(offset < jitter, "{name} {slot}: {offset:?}");
+            assert_eq!(
+                jitter_offset(&name, slot, jitter),
+                offset,
+                "{name} {slot}: the same every time it is computed"
+            );
+            seen.insert(offset);
+        }
+    }
+    assert!(
+        seen.len() > 9_000,
+        "10,000 pairs spread over 600,000 possible offsets: {} distinct",
+        seen.len()
+    );
+    let (low, high) = (seen.first().unwrap(), seen.last().unwrap());
+    assert!(
+        *low < Duration::from_secs(10) && *high > Duration::from_secs(590),
+        "they fill the bound: {low:?}..{high:?}"
+    );
+    // An application's configured jitter is what bounds its offsets.
+    let c = savepointd::config::from_yaml(
+        "platforms: [{name: p, kind: vvp, url: \"http://127.0.0.1:9\"}]\napplications:\n  - name: a\n    schedule: \"@every 1h\"\n    jitter: 10m\n",
+    )
+    .unwrap();
+    assert_eq!(c.applications[0].jitter, jitter);
+}

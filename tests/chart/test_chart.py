@@ -344,6 +344,17 @@ def test_applications_mix_names_and_objects(chart):
     assert config["applications"] == [{"name": "a"}, {"name": "b", "schedule": "@hourly", "paused": True}]
 
 
+def test_scheduling_fields_pass_through_to_the_config(chart):
+    window = {"schedule": "0 8 * * 1-5", "duration": "10h"}
+    values = {
+        "defaults": {"jitter": "5m", "blackoutWindows": [window], "retention": {"keepYearly": 3}},
+        "applications": ["a", {"name": "b", "blackoutWindows": [], "jitter": "0s"}],
+    }
+    config = config_of(render(values, chart=chart))
+    assert config["defaults"] == values["defaults"]
+    assert config["applications"] == [{"name": "a"}, {"name": "b", "blackoutWindows": [], "jitter": "0s"}]
+
+
 def test_tokens_never_reach_a_configmap(chart):
     sentinel = "tok-3f9a-never-rendered"
     objects = render(without_chart_files(VALUE_SETS["all-flags"]), chart=chart)
@@ -677,6 +688,16 @@ BAD_VALUES = [
      ["/platforms/0/auth/existingSecret", "key"]),
     ("negative keepLast", {"defaults": {"retention": {"keepLast": -1}}}, ["/defaults/retention/keepLast"]),
     ("minKeep below one", {"defaults": {"retention": {"minKeep": 0}}}, ["/defaults/retention/minKeep"]),
+    ("negative keepYearly", {"applications": [{"name": "a", "retention": {"keepYearly": -1}}]},
+     ["/applications/0/retention/keepYearly"]),
+    ("jitter as a number", {"defaults": {"jitter": 300}}, ["/defaults/jitter"]),
+    ("blackout window without a duration", {"defaults": {"blackoutWindows": [{"schedule": "0 8 * * *"}]}},
+     ["/defaults/blackoutWindows/0", "duration"]),
+    ("unknown blackout window field",
+     {"applications": [{"name": "a", "blackoutWindows": [{"schedule": "0 8 * * *", "duration": "1h", "until": "9"}]}]},
+     ["/applications/0/blackoutWindows/0", "until"]),
+    ("blackout windows not a list", {"defaults": {"blackoutWindows": {"schedule": "0 8 * * *", "duration": "1h"}}},
+     ["/defaults/blackoutWindows"]),
     ("duration as a number", {"defaults": {"timeout": 900}}, ["/defaults/timeout"]),
     ("bad duration", {"defaults": {"retry": {"backoff": "soon"}}}, ["/defaults/retry/backoff"]),
     ("bad formatType", {"defaults": {"formatType": "canonical"}}, ["/defaults/formatType"]),
@@ -728,6 +749,11 @@ BAD_COMBINATIONS = [
      ['defaults.schedule: "0 1 * *"', "expected 5 fields (minute hour day-of-month month day-of-week)", "found 4"]),
     ("one word for a cron", {"applications": [{"name": "a", "schedule": "nightly"}]},
      ["applications[0].schedule", '"nightly"', "found 1"]),
+    ("4-field blackout window", {"defaults": {"blackoutWindows": [{"schedule": "0 8 * *", "duration": "1h"}]}},
+     ['defaults.blackoutWindows[0].schedule: "0 8 * *"', "found 4"]),
+    ("4-field blackout window of an application",
+     {"applications": ["a", {"name": "b", "blackoutWindows": [{"schedule": "8 * *", "duration": "1h"}]}]},
+     ["applications[1].blackoutWindows[0].schedule", "found 3"]),
     ("6-field CronJob schedule", {"cronjob": {"schedule": "0 0 1 * * *"}},
      ["cronjob.schedule", "a Kubernetes CronJob schedule has 5 fields", "found 6"]),
     ("duplicate application", {"applications": ["a", {"name": "a"}]}, ["applications[1]", "duplicate", '"a"']),
@@ -889,9 +915,16 @@ def test_daemon_check_config_accepts_the_rendered_config(chart, savepointd_bin, 
         assert item["name"] in result.stdout, f"{item['name']} missing from the plan:\n{output}"
 
 
-def test_daemon_check_config_rejects_what_only_the_daemon_can_judge(chart, savepointd_bin, tmp_path):
+@pytest.mark.parametrize("defaults,expected", [
+    ({"timezone": "Mars/Olympus_Mons"}, ["defaults.timezone", "Mars/Olympus_Mons"]),
+    ({"blackoutWindows": [{"schedule": "0 0 * * *", "duration": "2h"}]},
+     ["defaults.blackoutWindows", "every slot falls inside a blackout window"]),
+    ({"jitter": "25h"}, ["defaults.jitter", "at most 24h"]),
+], ids=["timezone", "windows-leave-no-slot", "jitter-too-long"])
+def test_daemon_check_config_rejects_what_only_the_daemon_can_judge(chart, savepointd_bin, tmp_path, defaults,
+                                                                     expected):
     """The negative control: a config the chart schema lets through but the daemon must refuse."""
-    values = chartlib.merge(VALUE_SETS["readme-example"], {"defaults": {"timezone": "Mars/Olympus_Mons"}})
+    values = chartlib.merge(VALUE_SETS["readme-example"], {"defaults": defaults})
     config_file = tmp_path / "config.yaml"
     config_file.write_text(chartlib.config_text(render(values, chart=chart)))
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAVEPOINTD_")}
@@ -903,7 +936,8 @@ def test_daemon_check_config_rejects_what_only_the_daemon_can_judge(chart, savep
         timeout=60,
     )
     assert result.returncode == 2, result.stdout + result.stderr
-    assert "defaults.timezone" in result.stderr and "Mars/Olympus_Mons" in result.stderr
+    for fragment in expected:
+        assert fragment in result.stderr, f"{fragment!r} not in {result.stderr!r}"
 
 
 @pytest.mark.parametrize("name", ["all-flags", "cronjob"])

@@ -132,6 +132,9 @@ judge.
 {{- with .Values.defaults.schedule }}
 {{- include "savepointd.checkSchedule" (dict "path" "defaults.schedule" "value" . "seconds" true) }}
 {{- end }}
+{{- range $j, $w := .Values.defaults.blackoutWindows }}
+{{- include "savepointd.checkSchedule" (dict "path" (printf "defaults.blackoutWindows[%d].schedule" $j) "value" $w.schedule "seconds" true) }}
+{{- end }}
 {{- include "savepointd.checkSchedule" (dict "path" "cronjob.schedule" "value" .Values.cronjob.schedule "seconds" false) }}
 {{- $platformNames := list }}
 {{- range $i, $p := .Values.platforms }}
@@ -149,6 +152,9 @@ judge.
 {{- $appNames = append $appNames $app.name }}
 {{- with $app.schedule }}
 {{- include "savepointd.checkSchedule" (dict "path" (printf "applications[%d].schedule" $i) "value" . "seconds" true) }}
+{{- end }}
+{{- range $j, $w := $app.blackoutWindows }}
+{{- include "savepointd.checkSchedule" (dict "path" (printf "applications[%d].blackoutWindows[%d].schedule" $i $j) "value" $w.schedule "seconds" true) }}
 {{- end }}
 {{- if $app.platform }}
 {{- if not (has $app.platform $platformNames) }}
