@@ -566,3 +566,31 @@ fn jitter_offsets_are_stable_within_the_bound_and_spread() {
     .unwrap();
     assert_eq!(c.applications[0].jitter, jitter);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applications_resolved_through_the_api_share_one_deployment_list_per_tick() {
+    let f = fixture(VvpSimOptions::default()).await;
+    for i in 0..20 {
+        f.vvp.add_deployment(
+            &format!("job-{i:02}"),
+            &format!("00000000-0000-4000-8000-0000000000{i:02}"),
+            "RUNNING",
+        );
+    }
+    let apps: String = (0..20).map(|i| format!("  - job-{i:02}\n")).collect();
+    let yaml = f.config("", &apps).replace(
+        "resolve: { via: pods, kubernetesNamespace: flink, selector: system=ververica-platform }",
+        "resolve: { via: api }",
+    );
+    let c = savepointd::config::from_yaml(&yaml).unwrap();
+    let (text, ok) = once(&c, &[]).await;
+    assert!(ok, "{text}");
+    let lists = f
+        .vvp
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with("/deployments"))
+        .count();
+    assert_eq!(lists, 1, "one list of the deployments for 20 applications");
+    assert_eq!(f.vvp.triggers().len(), 20);
+}

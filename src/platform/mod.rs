@@ -5,6 +5,7 @@ pub mod cmf;
 pub mod flink;
 pub mod http;
 pub mod operator;
+pub mod shared;
 pub mod vvp;
 
 use std::sync::Arc;

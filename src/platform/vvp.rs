@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::http::{ApiClient, Retry};
+use super::shared::{self, SharedListing};
 use super::{
     ANNOTATION_APPLICATION, ANNOTATION_MANAGED_BY, ANNOTATION_SLOT, Deletion, MANAGED_BY, Managed,
     Origin, Platform, ResolveError, Result, Savepoint, SavepointType, State, Target,
@@ -20,11 +21,18 @@ use crate::model::{self, sanitize, slot_text};
 pub struct Vvp {
     api: ApiClient,
     namespace: String,
+    /// The namespace's deployments, one list per tick for every application that resolves through
+    /// the API.
+    deployments: SharedListing<Vec<WireDeployment>>,
 }
 
 impl Vvp {
     pub fn new(api: ApiClient, namespace: String) -> Self {
-        Self { api, namespace }
+        Self {
+            api,
+            namespace,
+            deployments: SharedListing::new(shared::FRESH_FOR),
+        }
     }
 
     fn path(&self, rest: &str) -> String {
@@ -86,17 +94,22 @@ impl Platform for Vvp {
     }
 
     async fn resolve(&self, application: &str) -> Result<Target, ResolveError> {
-        let list: List<WireDeployment> = self
-            .api
-            .get("list_deployments", &self.path("deployments"))
+        let deployments = self
+            .deployments
+            .get(|| async {
+                let list: List<WireDeployment> = self
+                    .api
+                    .get("list_deployments", &self.path("deployments"))
+                    .await?;
+                Ok::<_, super::Error>(list.into_items())
+            })
             .await
             .map_err(|e| ResolveError::Platform(Box::new(e)))?;
         let wanted = sanitize(application);
-        let ids: Vec<String> = list
-            .into_items()
-            .into_iter()
+        let ids: Vec<String> = deployments
+            .iter()
             .filter(|d| d.metadata.name == application || sanitize(&d.metadata.name) == wanted)
-            .map(|d| d.metadata.id)
+            .map(|d| d.metadata.id.clone())
             .collect();
         model::unique(
             application,

@@ -27,6 +27,7 @@ use self::wire::{
     WireRequestId,
 };
 use super::http::{ApiClient, Retry};
+use super::shared::{self, SharedListing};
 use super::{
     Deletion, Error, Managed, Origin, Platform, ResolveError, Result, Savepoint, SavepointType,
     State, Target, TriggerRequest,
@@ -44,6 +45,8 @@ const JOBS_NAMED: usize = 3;
 pub struct Flink {
     api: ApiClient,
     storage: Storage,
+    /// The JobManager's job overview, one request per tick for every application.
+    overview: SharedListing<Vec<WireJobOverview>>,
 }
 
 /// How a disposal by the JobManager ended.
@@ -63,7 +66,11 @@ impl Flink {
             platform: api.platform().to_owned(),
             message,
         })?;
-        Ok(Self { api, storage })
+        Ok(Self {
+            api,
+            storage,
+            overview: SharedListing::new(shared::FRESH_FOR),
+        })
     }
 
     fn platform(&self) -> String {
@@ -172,16 +179,19 @@ impl Platform for Flink {
 
     async fn resolve(&self, application: &str) -> Result<Target, ResolveError> {
         let platform_error = |e| ResolveError::Platform(Box::new(e));
-        let overview: WireOverview = self
-            .api
-            .get("list_jobs", "jobs/overview")
+        let overview = self
+            .overview
+            .get(|| async {
+                let overview: WireOverview = self.api.get("list_jobs", "jobs/overview").await?;
+                Ok(overview.jobs)
+            })
             .await
             .map_err(platform_error)?;
         let wanted = sanitize(application);
         let mut named: Vec<WireJobOverview> = overview
-            .jobs
-            .into_iter()
+            .iter()
             .filter(|j| j.name == application || sanitize(&j.name) == wanted)
+            .cloned()
             .collect();
         named.sort_by_key(|j| std::cmp::Reverse(j.start_time));
         let running: Vec<String> = named

@@ -14,7 +14,7 @@ pub struct WireOverview {
     pub jobs: Vec<WireJobOverview>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 pub struct WireJobOverview {
     pub jid: String,
     pub name: String,
