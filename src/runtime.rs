@@ -37,6 +37,9 @@ pub struct App {
     /// Whether this process may trigger or delete right now (shared by every application): always,
     /// unless leader election is on and this replica does not hold the Lease.
     pub mandate: Mandate,
+    /// How long this application's last savepoint took, from trigger to completion: polls are paced by
+    /// it, so a permit is freed soon after a savepoint ends without polling a slow one often.
+    pub last_duration: std::sync::Mutex<Option<std::time::Duration>>,
 }
 
 pub struct Runtime {
@@ -103,6 +106,7 @@ impl Runtime {
                     resolver: resolver.clone(),
                     permits: permits.clone(),
                     mandate: mandate.clone(),
+                    last_duration: Default::default(),
                 })
             })
             .collect();
