@@ -686,6 +686,35 @@ async fn follow_held(
     }
 }
 
+/// Whether a run's outcome asks for retention: a savepoint completed, the application has a policy,
+/// and shutdown has not begun.
+pub fn wants_prune(app: &App, outcome: &Outcome, shutdown: &CancellationToken) -> bool {
+    matches!(outcome, Outcome::Completed { .. })
+        && app.config.retention.is_enabled()
+        && !shutdown.is_cancelled()
+}
+
+/// The daemon's retention after a completed savepoint, off the application's loop so that a long prune
+/// never delays its next slot, and under a platform permit like a run, so prunes and savepoints together
+/// stay within `maxConcurrent`.
+pub async fn prune_in_background(app: &App, shutdown: &CancellationToken) {
+    let span =
+        tracing::info_span!("prune", application = %app.config.name, platform = %app.platform_name);
+    async {
+        let _permit = app
+            .permits
+            .acquire()
+            .await
+            .expect("semaphore is never closed");
+        match app.resolver.resolve(&app.config.name).await {
+            Ok(target) => prune_after_success(app, &target, shutdown).await,
+            Err(e) => warn!(error = %e, "retention skipped: the application does not resolve now"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
 /// Retention after a successful savepoint. Its failures are counted and logged inside; they never make
 /// the savepoint run fail.
 async fn prune_after_success(app: &App, target: &Target, shutdown: &CancellationToken) {

@@ -1,7 +1,8 @@
 //! The daemon's clock: one loop per application that sleeps until the next slot of its schedule (in its
 //! timezone), plus the slot's jitter offset, and runs it. A run happens inside the loop, so one
 //! application never has two runs at once; slots that pass while a run is still going are skipped and
-//! counted as `in_progress`. Slots inside a blackout window are skipped at their time and counted as
+//! counted as `in_progress`. Retention after a completed savepoint runs beside the loop (one prune per
+//! application at a time, under a platform permit), so a slow deletion never holds back the next slot. Slots inside a blackout window are skipped at their time and counted as
 //! `blackout`.
 
 use std::sync::Arc;
@@ -56,6 +57,7 @@ async fn application_loop(app: Arc<App>, shutdown: CancellationToken) {
     // The blackout window whose first skipped slot was logged at info; its further slots go to debug,
     // so that a window over a seconds schedule does not flood the log.
     let mut logged_window: Option<Opening> = None;
+    let mut pruning = Pruning::default();
     // The loop looks for slots after `cursor`.
     let now = Utc::now();
     let mut cursor = now;
@@ -78,7 +80,9 @@ async fn application_loop(app: Arc<App>, shutdown: CancellationToken) {
                 }
                 None => {
                     info!(application = %config.name, slot = %previous.to_rfc3339(), "running a slot missed at startup");
-                    Box::pin(runner::run_slot(&app, previous, true, &shutdown)).await;
+                    let outcome =
+                        Box::pin(runner::run_slot(&app, previous, false, &shutdown)).await;
+                    pruning.after(&app, &outcome, &shutdown);
                 }
             }
             cursor = previous;
@@ -147,6 +151,38 @@ async fn application_loop(app: Arc<App>, shutdown: CancellationToken) {
         // for this slot record its start before any of them does the run's synchronous work, so one
         // application's run never delays another's start.
         tokio::task::yield_now().await;
-        Box::pin(runner::run_slot(&app, next, true, &shutdown)).await;
+        let outcome = Box::pin(runner::run_slot(&app, next, false, &shutdown)).await;
+        pruning.after(&app, &outcome, &shutdown);
+    }
+    pruning.finish().await;
+}
+
+/// The application's retention, run beside its loop: at most one prune at a time; a savepoint that
+/// completes while one runs leaves its retention to the next (the plan is over all savepoints anyway).
+#[derive(Default)]
+struct Pruning(Option<tokio::task::JoinHandle<()>>);
+
+impl Pruning {
+    fn after(&mut self, app: &Arc<App>, outcome: &runner::Outcome, shutdown: &CancellationToken) {
+        if !runner::wants_prune(app, outcome, shutdown) {
+            return;
+        }
+        if self.0.as_ref().is_some_and(|h| !h.is_finished()) {
+            debug!(application = %app.config.name, "a prune is still running; the next completed savepoint prunes again");
+            return;
+        }
+        let (app, shutdown) = (app.clone(), shutdown.clone());
+        self.0 = Some(tokio::spawn(async move {
+            runner::prune_in_background(&app, &shutdown).await;
+        }));
+    }
+
+    /// Waits for a prune still running (it stops between deletions once shutdown began).
+    async fn finish(self) {
+        if let Some(handle) = self.0
+            && let Err(e) = handle.await
+        {
+            warn!(error = %e, "a prune ended abnormally");
+        }
     }
 }

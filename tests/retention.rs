@@ -379,3 +379,38 @@ async fn a_prune_stops_between_deletions_when_shutdown_begins() {
     let left = savepoint_ids(&f);
     assert_eq!(left, ["b", "c", "newest"], "a is gone, whole");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_prune_never_holds_back_the_next_slot() {
+    // Every deletion takes 4 s on the platform; the schedule fires every second.
+    let f = fixture(VvpSimOptions {
+        delete_after: Duration::from_secs(4),
+        ..Default::default()
+    })
+    .await;
+    seed_completed(&f, &[("old-1", 3), ("old-2", 2)]);
+    let yaml = f.config(
+        "",
+        &format!(
+            "  - name: {APP}\n    schedule: \"* * * * * *\"\n    retention: {{ keepLast: 1 }}\n"
+        ),
+    );
+    let daemon = Daemon::start(&yaml).await;
+    let skipped = format!(
+        "savepointd_runs_skipped_total{{application=\"{APP}\",platform=\"vvp\",reason=\"in_progress\"}}"
+    );
+    // While the first prune follows its deletions (8 s and more), savepoints go on every second.
+    let during = eventually(Duration::from_secs(30), || async {
+        let deleting = !f.vvp.deletions().is_empty();
+        let triggered = f.vvp.triggers().len();
+        (deleting && triggered >= 5).then_some(triggered)
+    })
+    .await;
+    let in_progress = daemon.metric(&skipped).await.unwrap_or_default();
+    daemon.stop().await;
+    assert!(during.is_some(), "slots went on while the prune ran");
+    assert!(
+        in_progress <= 1.0,
+        "{in_progress} slots were skipped as in progress behind a prune"
+    );
+}
