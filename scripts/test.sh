@@ -3,7 +3,8 @@
 #   - the Rust suites: unit tests, config errors, the daemon end to end against the VVP simulator and
 #     the fake Kubernetes API server (proved faithful with the real kubectl), retention properties;
 #   - the Helm chart with the real Helm library (PyPI helm-python-sdk) and the Kubernetes schemas;
-#   - the alert rules and dashboard with the real promtool (Debian package prometheus).
+#   - the alert rules and dashboard with the real promtool (Debian package prometheus);
+#   - the container image, built without a base image and run with the chart's security context (podman).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +26,15 @@ if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
   fi
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+fi
+# podman and runc (Debian) build and run the container image in tests/image.rs.
+if ! command -v podman >/dev/null || ! command -v runc >/dev/null; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "podman is missing: run as root or 'sudo apt-get install -y podman runc'" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc >/dev/null
 fi
 command -v kubectl >/dev/null || { echo "kubectl is missing (part of the machine image)" >&2; exit 1; }
 
