@@ -14,8 +14,10 @@
 //! - [`platform`]: the [`platform::Platform`] trait. `platform/http.rs` is the shared HTTP plumbing (TLS,
 //!   tokens and client certificates, API metrics, and resending only what never left);
 //!   `platform/vvp.rs`, `platform/flink/` (`wire.rs` the REST format, `storage.rs` the slot directories,
-//!   `failure.rs` Flink's failure causes) and `platform/cmf.rs` are the one place each that knows
-//!   Ververica Platform's, Flink's and Confluent Manager for Apache Flink's formats and refusal rules.
+//!   `failure.rs` Flink's failure causes), `platform/cmf.rs` and `platform/operator.rs` are the one place
+//!   each that knows Ververica Platform's, Flink's, Confluent Manager for Apache Flink's and the Flink
+//!   Kubernetes Operator's formats and refusal rules (the operator's resources read from watch caches).
+//!   `platform/shared.rs` is the one listing per tick that every application's resolve shares.
 //! - [`resolve`]: application name -> [`model::Target`], from a Kubernetes pod watch cache
 //!   (`resolve/pods.rs`) or through the platform's API.
 //! - [`retention`]: the pure, platform-neutral retention planner: which savepoints to delete and why each
@@ -25,17 +27,20 @@
 //! - [`runtime`]: wires a config to live platform clients, resolvers and per-platform permit pools.
 //! - [`runner`]: one slot of one application: the pure [`runner::next_step`] over the platform's records,
 //!   then trigger, wait, retry; adoption of a slot's savepoint after a restart or a lost answer.
-//! - [`scheduler`]: one loop per application that fires its slots; shutdown with a grace period.
+//! - [`scheduler`]: one loop per application that fires its slots, with its retention beside it;
+//!   shutdown with a grace period.
 //! - [`leader`]: leader election on a Kubernetes Lease (resourceVersion preconditions, followers'
 //!   own-clock expiry, release on shutdown) and the [`leader::Mandate`] the runner and pruner check
 //!   before every trigger and deletion.
 //! - [`metrics`]: the Prometheus metric set; [`server`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`commands`]: what the CLI subcommands print (`check-config`, `status`, `resolve`, `once`, `prune`).
 //! - [`shutdown`]: SIGTERM / SIGINT.
+//! - [`memory`]: fewer malloc arenas and trims, so the idle daemon gives back the startup burst.
 
 pub mod commands;
 pub mod config;
 pub mod leader;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod platform;
@@ -175,7 +180,14 @@ pub async fn run_on(
             Ok::<(), Error>(())
         }
     };
-    tokio::try_join!(server, scheduler, signal, watchers, probes)?;
+    let trim = {
+        let token = token.clone();
+        async move {
+            memory::trim_periodically(token).await;
+            Ok::<(), Error>(())
+        }
+    };
+    tokio::try_join!(server, scheduler, signal, watchers, probes, trim)?;
     tracing::info!("savepointd stopped");
     Ok(())
 }
