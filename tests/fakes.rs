@@ -1728,6 +1728,90 @@ async fn flink_operator_can_let_in_flight_snapshots_end_before_cleaning_up() {
 }
 
 #[tokio::test]
+async fn flink_operator_serves_session_jobs_and_follows_the_tests_instructions() {
+    let kube = KubeFake::start().await;
+    kube.put_flink_deployment("flink", "session-cluster", FlinkStatus::job("RUNNING"));
+    kube.put_flink_session_job(
+        "flink",
+        "orders",
+        "session-cluster",
+        FlinkStatus::job("RUNNING"),
+    );
+    let snapshots = snapshot_api(&kube, "flink");
+    let pp = PostParams::default();
+    let of_session_job = |name: &str| {
+        let mut snapshot = snapshot_of(name, "orders", &[]);
+        snapshot.data["spec"]["jobReference"]["kind"] = json!("FlinkSessionJob");
+        snapshot
+    };
+
+    // A session job's savepoint, whose first attempt fails and whose retry succeeds.
+    kube.fail_savepoints_of("flink", "orders", SAVEPOINT_TIMEOUT);
+    let mut retried = of_session_job("orders-1");
+    retried.data["spec"]["backoffLimit"] = json!(-1);
+    snapshots.create(&pp, &retried).await.unwrap();
+    let retrying = eventually(SETTLE, || {
+        let snapshot = kube.snapshot("flink", "orders-1");
+        async move { snapshot.filter(|s| s["status"]["failures"] == 1) }
+    })
+    .await
+    .expect("a failed attempt");
+    assert_eq!(retrying["status"]["error"], SAVEPOINT_TIMEOUT);
+    kube.heal_savepoints_of("flink", "orders");
+    let completed = snapshot_in_state(&kube, "flink", "orders-1", "COMPLETED").await;
+    assert_eq!(
+        completed["metadata"]["labels"]["job-reference.kind"],
+        "FlinkSessionJob"
+    );
+    let session_job = kube
+        .flink_job(JobKind::FlinkSessionJob, "flink", "orders")
+        .unwrap();
+    assert_eq!(session_job["spec"]["deploymentName"], "session-cluster");
+    assert!(session_job["status"]["jobManagerDeploymentStatus"].is_null());
+
+    // A disposal that fails keeps the snapshot Terminating until it succeeds.
+    kube.fail_disposals_of("flink", "orders");
+    snapshots
+        .delete("orders-1", &DeleteParams::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(kube.snapshot("flink", "orders-1").is_some());
+    assert!(kube.disposals().is_empty());
+    kube.heal_disposals_of("flink", "orders");
+    snapshot_gone(&kube, "flink", "orders-1").await;
+    assert_eq!(kube.disposals()[0].path, completed["status"]["path"]);
+
+    // While the operator is down nothing happens to a new snapshot; it carries on once back.
+    kube.set_operator_running(false);
+    snapshots
+        .create(&pp, &of_session_job("orders-2"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let untouched = kube.snapshot("flink", "orders-2").unwrap();
+    assert!(
+        untouched["metadata"]["finalizers"].is_null(),
+        "{untouched:#}"
+    );
+    assert!(untouched.get("status").is_none());
+    kube.set_operator_running(true);
+    snapshot_in_state(&kube, "flink", "orders-2", "COMPLETED").await;
+
+    // A job whose resource goes under a savepoint in flight abandons it.
+    kube.hold_savepoints_of("flink", "orders");
+    snapshots
+        .create(&pp, &of_session_job("orders-3"))
+        .await
+        .unwrap();
+    snapshot_in_state(&kube, "flink", "orders-3", "IN_PROGRESS").await;
+    kube.delete_flink_job(JobKind::FlinkSessionJob, "flink", "orders");
+    let abandoned = snapshot_in_state(&kube, "flink", "orders-3", "ABANDONED").await;
+    let error = abandoned["status"]["error"].as_str().unwrap();
+    assert!(error.contains("was not found"), "{error}");
+}
+
+#[tokio::test]
 async fn kube_rs_snapshot_of_a_stopped_or_missing_job_is_not_taken() {
     let kube = KubeFake::start().await;
     kube.put_flink_deployment("flink", "payments", FlinkStatus::job("SUSPENDED"));
