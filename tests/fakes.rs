@@ -1156,6 +1156,39 @@ async fn kube_rs_writes_custom_resources_as_an_api_server_does() {
         4
     );
     assert_eq!(kube.count_requests("list", "flinkstatesnapshots"), 2);
+
+    // Pages, and metadata alone, as kube-rs asks for them.
+    let first = snapshots
+        .list_metadata(&ListParams::default().limit(2))
+        .await
+        .unwrap();
+    assert_eq!(first.items.len(), 2);
+    assert_eq!(
+        first.items[0].types.as_ref().unwrap().kind,
+        "PartialObjectMetadata"
+    );
+    let token = first.metadata.continue_.clone().expect("a next page");
+    let rest = snapshots
+        .list(&ListParams::default().limit(2).continue_token(&token))
+        .await
+        .unwrap();
+    assert!(rest.metadata.continue_.is_none());
+    let paged: Vec<String> = first
+        .items
+        .iter()
+        .map(|s| s.name_any())
+        .chain(rest.items.iter().map(|s| s.name_any()))
+        .collect();
+    let mut expected = vec![
+        "claims-completed".to_string(),
+        generated_name.clone(),
+        name.to_string(),
+    ];
+    expected.sort();
+    assert_eq!(paged, expected, "every snapshot once, in order of name");
+    let metadata = snapshots.get_metadata(name).await.unwrap();
+    assert_eq!(metadata.types.unwrap().kind, "PartialObjectMetadata");
+    assert_eq!(metadata.metadata.uid, created.metadata.uid);
 }
 
 #[tokio::test]

@@ -952,12 +952,31 @@ async fn route(
     }
 }
 
-fn wants_table(headers: &HeaderMap) -> bool {
+fn accepts(headers: &HeaderMap, shape: &str) -> bool {
     headers
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|accept| accept.contains("as=Table"))
+        .any(|accept| accept.contains(shape))
+}
+
+/// `as=Table`: rows for `kubectl get`.
+fn wants_table(headers: &HeaderMap) -> bool {
+    accepts(headers, "as=Table")
+}
+
+/// `as=PartialObjectMetadata` or `as=PartialObjectMetadataList`: metadata only (kube-rs's
+/// `get_metadata`, `list_metadata`, `watch_metadata`).
+fn wants_metadata(headers: &HeaderMap) -> bool {
+    accepts(headers, "as=PartialObjectMetadata")
+}
+
+fn metadata_only(object: &Value) -> Value {
+    json!({
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": object["metadata"],
+    })
 }
 
 /// A `meta.k8s.io/v1` Table of `objects` with the columns of their resource, as the API server
@@ -977,13 +996,7 @@ fn table(
             match include {
                 "None" => {}
                 "Object" => row["object"] = object.clone(),
-                _ => {
-                    row["object"] = json!({
-                        "kind": "PartialObjectMetadata",
-                        "apiVersion": "meta.k8s.io/v1",
-                        "metadata": object["metadata"],
-                    })
-                }
+                _ => row["object"] = metadata_only(object),
             }
             row
         })
@@ -1051,13 +1064,14 @@ fn gone(message: &str) -> Bytes {
     watch_line("ERROR", &status_body(StatusCode::GONE, "Expired", message))
 }
 
-/// What a watch of this resource, namespace and filter sees of an event, if anything.
+/// What a watch of this resource, namespace and filter sees of an event, if anything: ADDED,
+/// MODIFIED or DELETED.
 fn project(
     event: &Event,
     resource: &str,
     namespace: Option<&str>,
     filter: &Filter,
-) -> Option<Bytes> {
+) -> Option<&'static str> {
     if event.resource != resource
         || namespace.is_some_and(|n| n != key_of(&event.object).0)
         || !filter.matches_fields(&event.object)
@@ -1078,7 +1092,7 @@ fn project(
         (true, false) => "DELETED",
         (true, true) => event.kind,
     };
-    Some(watch_line(kind, &event.object))
+    Some(kind)
 }
 
 fn watch(
@@ -1086,6 +1100,8 @@ fn watch(
     resource: &'static ResourceType,
     namespace: Option<&str>,
     filter: Filter,
+    // The objects as sent: whole, or their metadata alone.
+    shape: fn(&Value) -> Value,
     query: &[(String, String)],
 ) -> Response {
     let bookmarks = query_value(query, "allowWatchBookmarks") == Some("true");
@@ -1126,7 +1142,10 @@ fn watch(
                         .log
                         .iter()
                         .filter(|e| e.resource_version > rv)
-                        .filter_map(|e| project(e, resource.plural, namespace.as_deref(), &filter)),
+                        .filter_map(|e| {
+                            project(e, resource.plural, namespace.as_deref(), &filter)
+                                .map(|kind| watch_line(kind, &shape(&e.object)))
+                        }),
                 );
             }
             // Without a resource version (or with "0", or for a streaming list), a watch starts
@@ -1137,7 +1156,7 @@ fn watch(
                         .list(resource.plural)
                         .filter(|o| namespace.as_deref().is_none_or(|n| n == key_of(o).0))
                         .filter(|o| filter.matches(o))
-                        .map(|o| watch_line("ADDED", o)),
+                        .map(|o| watch_line("ADDED", &shape(o))),
                 );
             }
         }
@@ -1173,7 +1192,7 @@ fn watch(
                     Ok(event) if event.resource_version > seen => {
                         seen = event.resource_version;
                         match project(&event, resource.plural, namespace.as_deref(), &filter) {
-                            Some(line) => line,
+                            Some(kind) => watch_line(kind, &shape(&event.object)),
                             None => continue,
                         }
                     }

@@ -12,7 +12,7 @@
 //! Simplifications, on purpose: server-side apply is taken as a merge patch that may create (no
 //! field ownership, so nothing is removed by leaving it out and there are no apply conflicts);
 //! fields that the CRD schema does not know are kept, not pruned; `dryRun` and propagation
-//! policies are ignored; lists ignore `limit` and answer everything in one page.
+//! policies are ignored; a list's `continue` token never expires.
 
 use std::sync::Arc;
 
@@ -21,8 +21,8 @@ use axum::response::Response;
 use serde_json::{Map, Value, json};
 
 use super::{
-    Cluster, Filter, Shared, age_of, finalizers, json_response, key_of, not_found, status,
-    status_body, table, timestamp, wants_table, watch,
+    Cluster, Filter, Shared, age_of, finalizers, json_response, key_of, metadata_only, not_found,
+    query_value, status, status_body, table, timestamp, wants_metadata, wants_table, watch,
 };
 use crate::support::{lock, random_hex, uuid_v4};
 
@@ -579,7 +579,19 @@ pub(super) fn serve(state: &Arc<Shared>, request: &ObjectRequest) -> Response {
                     Some(name) => filter.named(name),
                     None => filter,
                 };
-                watch(state, resource, request.namespace, filter, request.query)
+                let shape = if wants_metadata(request.headers) {
+                    metadata_only
+                } else {
+                    Value::clone
+                };
+                watch(
+                    state,
+                    resource,
+                    request.namespace,
+                    filter,
+                    shape,
+                    request.query,
+                )
             }
             Err(message) => status(StatusCode::BAD_REQUEST, "BadRequest", &message),
         },
@@ -656,34 +668,62 @@ fn bad_request(message: &str) -> Response {
     status(StatusCode::BAD_REQUEST, "BadRequest", message)
 }
 
+/// A page of a list: `limit` items at most, after the `continue` token of the page before. The
+/// token is the last key of that page: opaque to clients all the same, and unlike the API
+/// server's it never expires.
 fn list(state: &Arc<Shared>, request: &ObjectRequest) -> Response {
     let filter = match Filter::from_query(request.query) {
         Ok(filter) => filter,
         Err(message) => return bad_request(&message),
     };
+    let after = query_value(request.query, "continue")
+        .filter(|c| !c.is_empty())
+        .map(|c| match c.split_once('/') {
+            Some((namespace, name)) => (namespace.to_string(), name.to_string()),
+            None => (c.to_string(), String::new()),
+        });
+    let limit = query_value(request.query, "limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0);
     let resource = request.resource;
     let cluster = lock(&state.cluster);
-    let items: Vec<Value> = cluster
+    let mut items: Vec<Value> = cluster
         .list(resource.plural)
         .filter(|o| request.namespace.is_none_or(|n| n == key_of(o).0))
+        .filter(|o| after.as_ref().is_none_or(|after| key_of(o) > *after))
         .filter(|o| filter.matches(o))
         .cloned()
         .collect();
-    if wants_table(request.headers) {
-        return json_response(
-            StatusCode::OK,
-            table(resource, &items, cluster.resource_version, request.query),
-        );
+    let mut metadata = json!({ "resourceVersion": cluster.resource_version.to_string() });
+    if let Some(limit) = limit
+        && items.len() > limit
+    {
+        metadata["remainingItemCount"] = json!(items.len() - limit);
+        items.truncate(limit);
+        let (namespace, name) = key_of(&items[limit - 1]);
+        metadata["continue"] = json!(format!("{namespace}/{name}"));
     }
-    json_response(
-        StatusCode::OK,
+    if wants_table(request.headers) {
+        let mut table = table(resource, &items, cluster.resource_version, request.query);
+        table["metadata"] = metadata;
+        return json_response(StatusCode::OK, table);
+    }
+    let list = if wants_metadata(request.headers) {
+        json!({
+            "kind": "PartialObjectMetadataList",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": metadata,
+            "items": items.iter().map(metadata_only).collect::<Vec<_>>(),
+        })
+    } else {
         json!({
             "kind": format!("{}List", resource.kind),
             "apiVersion": resource.api_version(),
-            "metadata": { "resourceVersion": cluster.resource_version.to_string() },
+            "metadata": metadata,
             "items": items,
-        }),
-    )
+        })
+    };
+    json_response(StatusCode::OK, list)
 }
 
 fn get(state: &Arc<Shared>, request: &ObjectRequest, name: &str) -> Response {
@@ -700,6 +740,9 @@ fn get(state: &Arc<Shared>, request: &ObjectRequest, name: &str) -> Response {
                 request.query,
             ),
         ),
+        Some(object) if wants_metadata(request.headers) => {
+            json_response(StatusCode::OK, metadata_only(object))
+        }
         Some(object) => json_response(StatusCode::OK, object.clone()),
         None => not_found_object(resource, name),
     }
@@ -1020,7 +1063,7 @@ fn patch(state: &Arc<Shared>, request: &ObjectRequest, name: &str) -> Response {
         Err(e) => return bad_request(&format!("the patch is not valid JSON: {e}")),
     };
     let apply = content_type == "application/apply-patch+yaml";
-    if apply && super::query_value(request.query, "fieldManager").is_none_or(str::is_empty) {
+    if apply && query_value(request.query, "fieldManager").is_none_or(str::is_empty) {
         return bad_request(
             "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
         );
