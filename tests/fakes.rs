@@ -1,23 +1,29 @@
-//! The fakes in `support/` are only worth what they agree with: the Kubernetes fake is checked
-//! against the real `kubectl` and kube-rs, the VVP simulator against the documented API,
-//! including its refusals.
+//! The fakes in `support/` are only worth what they agree with: the Kubernetes fake (pods, Leases,
+//! and the Flink Kubernetes Operator's resources with its simulated operator) is checked against
+//! the real `kubectl` and kube-rs, the VVP simulator against the documented API, including its
+//! refusals.
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
+    PatchParams, PostParams, Preconditions, ResourceExt,
+};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use support::eventually;
-use support::kube_fake::KubeFake;
+use support::kube_fake::{
+    FINALIZER, FlinkStatus, JobKind, KubeFake, KubeFakeOptions, OperatorOptions, savepoint_snapshot,
+};
 use support::vvp_sim::{
     Fault, FaultCounts, Faults, SPEC_VERSION_ANNOTATION, VvpSim, VvpSimOptions,
 };
@@ -663,6 +669,1296 @@ async fn kube_watch_streams_bookmarks_and_honours_its_timeout() {
     let event: Value = serde_json::from_str(gone.trim()).unwrap();
     assert_eq!(event["type"], "ERROR");
     assert_eq!(event["object"]["code"], 410);
+}
+
+// -------------------------------------------------------------------------------------------------
+// The Flink Kubernetes Operator's resources on the Kubernetes fake
+
+const SNAPSHOT_YAML: &str = "apiVersion: flink.apache.org/v1beta1
+kind: FlinkStateSnapshot
+metadata:
+  name: fraud-detection-manual
+  labels:
+    owner: ops
+spec:
+  backoffLimit: 0
+  jobReference:
+    kind: FlinkDeployment
+    name: fraud-detection
+  savepoint:
+    formatType: CANONICAL
+";
+
+const SAVEPOINT_TIMEOUT: &str =
+    "java.util.concurrent.TimeoutException: Checkpoint expired before completing.";
+
+fn snapshots_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("flink.apache.org", "v1beta1", "FlinkStateSnapshot"),
+        "flinkstatesnapshots",
+    )
+}
+
+fn flink_api(kube: &KubeFake, namespace: &str, resource: &ApiResource) -> Api<DynamicObject> {
+    let client = kube::Client::try_from(kube::Config::new(kube.url.parse().unwrap())).unwrap();
+    Api::namespaced_with(client, namespace, resource)
+}
+
+fn snapshot_api(kube: &KubeFake, namespace: &str) -> Api<DynamicObject> {
+    flink_api(kube, namespace, &snapshots_resource())
+}
+
+/// A savepoint snapshot of the FlinkDeployment `job`, as a client writes it.
+fn snapshot_of(name: &str, job: &str, labels: &[(&str, &str)]) -> DynamicObject {
+    let mut snapshot = DynamicObject::new(name, &snapshots_resource()).data(json!({
+        "spec": {
+            "backoffLimit": 0,
+            "jobReference": { "kind": "FlinkDeployment", "name": job },
+            "savepoint": { "formatType": "CANONICAL", "disposeOnDelete": true },
+        },
+    }));
+    if !labels.is_empty() {
+        snapshot.metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+    }
+    snapshot
+}
+
+/// Waits until the stored snapshot `name` is in `state`, and returns it.
+async fn snapshot_in_state(kube: &KubeFake, namespace: &str, name: &str, state: &str) -> Value {
+    let found = eventually(SETTLE, || {
+        let snapshot = kube.snapshot(namespace, name);
+        async move { snapshot.filter(|s| s["status"]["state"] == state) }
+    })
+    .await;
+    found.unwrap_or_else(|| {
+        panic!(
+            "{name} never reached {state}: {:#}",
+            kube.snapshot(namespace, name).unwrap_or_default()
+        )
+    })
+}
+
+async fn snapshot_gone(kube: &KubeFake, namespace: &str, name: &str) {
+    let gone = eventually(SETTLE, || {
+        let present = kube.snapshot(namespace, name).is_some();
+        async move { (!present).then_some(()) }
+    })
+    .await;
+    assert!(
+        gone.is_some(),
+        "{name} is still there: {:#}",
+        kube.snapshot(namespace, name).unwrap_or_default()
+    );
+}
+
+/// The `reason` and `code` of a refused request.
+fn refusal<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> (String, u16) {
+    match result {
+        Err(kube::Error::Api(status)) => (status.reason.clone(), status.code),
+        other => panic!("expected a refusal from the API server, got {other:?}"),
+    }
+}
+
+/// kubectl against the fake, in namespace `flink`, with the kubeconfig in `home`.
+async fn kubectl_flink(home: &std::path::Path, args: &[&str]) -> String {
+    let kubeconfig = home.join("kubeconfig");
+    let mut all = vec!["--kubeconfig", kubeconfig.to_str().unwrap(), "-n", "flink"];
+    all.extend_from_slice(args);
+    kubectl(home, &all).await
+}
+
+fn header_words(table: &str) -> Vec<&str> {
+    table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect()
+}
+
+#[tokio::test]
+async fn kubectl_applies_lists_and_deletes_flink_state_snapshots() {
+    let kube = KubeFake::start().await;
+    kube.put_flink_deployment("flink", "fraud-detection", FlinkStatus::job("RUNNING"));
+    kube.put_flink_deployment("flink", "payments", FlinkStatus::job("SUSPENDED"));
+    let periodic = "fraud-detection-savepoint-periodic-1763600400000";
+    kube.seed_snapshot(
+        "flink",
+        savepoint_snapshot(
+            periodic,
+            "fraud-detection",
+            "PERIODIC",
+            chrono::Utc::now() - chrono::Duration::hours(1),
+        ),
+    );
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    kube.write_kubeconfig(home);
+    let manifest = home.join("snapshot.yaml");
+    let manifest_arg = manifest.to_str().unwrap();
+
+    std::fs::write(&manifest, SNAPSHOT_YAML).unwrap();
+    let applied = kubectl_flink(home, &["apply", "-f", manifest_arg]).await;
+    assert_eq!(
+        applied.trim(),
+        "flinkstatesnapshot.flink.apache.org/fraud-detection-manual created"
+    );
+    let completed = snapshot_in_state(&kube, "flink", "fraud-detection-manual", "COMPLETED").await;
+    let path = completed["status"]["path"].as_str().unwrap().to_string();
+    assert!(
+        path.starts_with("s3://flink/savepoints/savepoint-"),
+        "{path}"
+    );
+
+    // The default table has the CRD's printer columns, by the short name.
+    let table = kubectl_flink(home, &["get", "flinksnp"]).await;
+    assert_eq!(
+        header_words(&table),
+        ["NAME", "PATH", "RESULT", "TIMESTAMP", "SNAPSHOT", "STATE"],
+        "{table}"
+    );
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    let manual = rows
+        .iter()
+        .find(|r| r[0] == "fraud-detection-manual")
+        .unwrap();
+    assert_eq!(
+        (manual[1], manual[3]),
+        (path.as_str(), "COMPLETED"),
+        "{table}"
+    );
+
+    // The operator's labels and finalizer.
+    let list: Value =
+        serde_json::from_str(&kubectl_flink(home, &["get", "flinksnp", "-o", "json"]).await)
+            .unwrap();
+    let item = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["metadata"]["name"] == "fraud-detection-manual")
+        .unwrap();
+    assert_eq!(
+        item["metadata"]["labels"],
+        json!({
+            "owner": "ops",
+            "snapshot.type": "SAVEPOINT",
+            "snapshot.trigger-type": "MANUAL",
+            "snapshot.state": "COMPLETED",
+            "job-reference.kind": "FlinkDeployment",
+            "job-reference.name": "fraud-detection",
+        })
+    );
+    assert_eq!(item["metadata"]["finalizers"], json!([FINALIZER]));
+    assert_eq!(item["status"]["path"], path.as_str());
+
+    // Label selection tells the operator's own snapshots from the others.
+    let manual_only = kubectl_flink(
+        home,
+        &[
+            "get",
+            "flinksnp",
+            "-l",
+            "snapshot.trigger-type=MANUAL",
+            "-o",
+            "name",
+        ],
+    )
+    .await;
+    assert_eq!(
+        manual_only.trim(),
+        "flinkstatesnapshot.flink.apache.org/fraud-detection-manual"
+    );
+    let operators_own = kubectl_flink(
+        home,
+        &[
+            "get",
+            "flinksnp",
+            "-l",
+            "snapshot.trigger-type in (PERIODIC,UPGRADE)",
+            "-o",
+            "name",
+        ],
+    )
+    .await;
+    assert_eq!(
+        operators_own.trim(),
+        format!("flinkstatesnapshot.flink.apache.org/{periodic}")
+    );
+
+    // A changed manifest goes as a JSON merge patch of what changed; the status stays.
+    std::fs::write(
+        &manifest,
+        SNAPSHOT_YAML.replace("backoffLimit: 0", "backoffLimit: 3"),
+    )
+    .unwrap();
+    let applied = kubectl_flink(home, &["apply", "-f", manifest_arg]).await;
+    assert_eq!(
+        applied.trim(),
+        "flinkstatesnapshot.flink.apache.org/fraud-detection-manual configured"
+    );
+    let patched = kube.snapshot("flink", "fraud-detection-manual").unwrap();
+    assert_eq!(patched["spec"]["backoffLimit"], 3);
+    assert_eq!(patched["metadata"]["generation"], 2);
+    assert_eq!(patched["status"], completed["status"]);
+    let patch = kube
+        .api_requests()
+        .into_iter()
+        .find(|r| r.verb == "patch")
+        .unwrap();
+    assert_eq!(
+        patch.content_type.as_deref(),
+        Some("application/merge-patch+json")
+    );
+    assert_eq!(patch.body.unwrap()["spec"], json!({ "backoffLimit": 3 }));
+    assert_eq!(kube.count_requests("create", "flinkstatesnapshots"), 1);
+
+    let deployments: Value = serde_json::from_str(
+        &kubectl_flink(home, &["get", "flinkdeployments", "-o", "json"]).await,
+    )
+    .unwrap();
+    let states: Vec<(&str, &str, &str, &str)> = deployments["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["metadata"]["name"].as_str().unwrap(),
+                d["status"]["jobStatus"]["state"].as_str().unwrap(),
+                d["status"]["lifecycleState"].as_str().unwrap(),
+                d["status"]["jobManagerDeploymentStatus"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("fraud-detection", "RUNNING", "STABLE", "READY"),
+            ("payments", "SUSPENDED", "SUSPENDED", "MISSING")
+        ]
+    );
+    let table = kubectl_flink(home, &["get", "flinkdep"]).await;
+    assert_eq!(
+        header_words(&table),
+        ["NAME", "JOB", "STATUS", "LIFECYCLE", "STATE"],
+        "{table}"
+    );
+
+    // While the job is suspended, the operator cannot dispose of the savepoint: the deleted
+    // snapshot stays, Terminating.
+    kube.set_flink_status(
+        JobKind::FlinkDeployment,
+        "flink",
+        "fraud-detection",
+        FlinkStatus::job("SUSPENDED"),
+    );
+    let deleted = kubectl_flink(
+        home,
+        &[
+            "delete",
+            "flinksnp",
+            "fraud-detection-manual",
+            "--wait=false",
+        ],
+    )
+    .await;
+    assert_eq!(
+        deleted.trim(),
+        "flinkstatesnapshot.flink.apache.org \"fraud-detection-manual\" deleted"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let terminating: Value = serde_json::from_str(
+        &kubectl_flink(
+            home,
+            &["get", "flinksnp", "fraud-detection-manual", "-o", "json"],
+        )
+        .await,
+    )
+    .unwrap();
+    assert!(
+        terminating["metadata"]["deletionTimestamp"].is_string(),
+        "{terminating:#}"
+    );
+    assert_eq!(terminating["metadata"]["finalizers"], json!([FINALIZER]));
+    assert!(kube.disposals().is_empty());
+
+    // Once it runs again, the savepoint is disposed of and the resource goes.
+    kube.set_flink_status(
+        JobKind::FlinkDeployment,
+        "flink",
+        "fraud-detection",
+        FlinkStatus::job("RUNNING"),
+    );
+    kubectl_flink(
+        home,
+        &[
+            "wait",
+            "--for=delete",
+            "flinksnp/fraud-detection-manual",
+            "--timeout=10s",
+        ],
+    )
+    .await;
+    let disposed: Vec<(String, String)> = kube
+        .disposals()
+        .into_iter()
+        .map(|d| (d.name, d.path))
+        .collect();
+    assert_eq!(
+        disposed,
+        [("fraud-detection-manual".to_string(), path.clone())]
+    );
+
+    // The operator's own snapshot keeps its data on delete (disposeOnDelete: false): it goes at
+    // once, and kubectl's wait for it ends.
+    let deleted = kubectl_flink(home, &["delete", "flinksnp", periodic]).await;
+    assert!(deleted.contains("deleted"), "{deleted}");
+    assert!(kube.snapshots("flink").is_empty());
+    assert_eq!(kube.disposals().len(), 1);
+}
+
+#[tokio::test]
+async fn kube_rs_writes_custom_resources_as_an_api_server_does() {
+    // No operator: only the API server's own rules are at work.
+    let kube = KubeFake::start_with(KubeFakeOptions { operator: None }).await;
+    let snapshots = snapshot_api(&kube, "flink");
+    let pp = PostParams::default();
+    let name = "fraud-detection-20261120t0100z";
+
+    let created = snapshots
+        .create(&pp, &snapshot_of(name, "fraud-detection", &[]))
+        .await
+        .unwrap();
+    assert!(created.metadata.uid.is_some());
+    assert!(created.metadata.creation_timestamp.is_some());
+    assert_eq!(created.metadata.generation, Some(1));
+    assert_eq!(
+        refusal(
+            snapshots
+                .create(&pp, &snapshot_of(name, "fraud-detection", &[]))
+                .await
+        ),
+        ("AlreadyExists".to_string(), 409)
+    );
+    assert_eq!(kube.snapshots("flink").len(), 1);
+
+    // A create cannot set the status: the operator does.
+    let mut claims_done = snapshot_of("claims-completed", "fraud-detection", &[]);
+    claims_done.data["status"] = json!({ "state": "COMPLETED", "path": "s3://elsewhere" });
+    let stored = snapshots.create(&pp, &claims_done).await.unwrap();
+    assert!(stored.data.get("status").is_none(), "{stored:?}");
+
+    let mut generated = snapshot_of("", "fraud-detection", &[]);
+    generated.metadata.name = None;
+    generated.metadata.generate_name = Some("fraud-detection-".into());
+    let generated = snapshots.create(&pp, &generated).await.unwrap();
+    let generated_name = generated.metadata.name.unwrap();
+    assert!(
+        generated_name.starts_with("fraud-detection-") && generated_name.len() == 21,
+        "{generated_name}"
+    );
+
+    // Names, labels and the CRD's enums are checked as Kubernetes checks them.
+    let invalid = ("Invalid".to_string(), 422);
+    let mut nameless = snapshot_of("", "fraud-detection", &[]);
+    nameless.metadata.name = None;
+    assert_eq!(refusal(snapshots.create(&pp, &nameless).await), invalid);
+    assert_eq!(
+        refusal(
+            snapshots
+                .create(&pp, &snapshot_of("Fraud_Detection", "fraud-detection", &[]))
+                .await
+        ),
+        invalid
+    );
+    assert_eq!(
+        refusal(
+            snapshots
+                .create(
+                    &pp,
+                    &snapshot_of("labelled", "fraud-detection", &[("app", "Fraud Detection")])
+                )
+                .await
+        ),
+        invalid
+    );
+    let mut wrong_kind = snapshot_of("wrong-kind", "fraud-detection", &[]);
+    wrong_kind.data["spec"]["jobReference"]["kind"] = json!("Deployment");
+    assert_eq!(refusal(snapshots.create(&pp, &wrong_kind).await), invalid);
+
+    // Replace: two writers of the same version, the second loses; no version, no write.
+    let read = snapshots.get(name).await.unwrap();
+    let mut first = read.clone();
+    first.labels_mut().insert("a".into(), "1".into());
+    let mut second = read.clone();
+    second.labels_mut().insert("b".into(), "2".into());
+    let won = snapshots.replace(name, &pp, &first).await.unwrap();
+    assert_ne!(
+        won.metadata.resource_version,
+        read.metadata.resource_version
+    );
+    assert_eq!(won.metadata.generation, Some(1), "labels are not the spec");
+    assert_eq!(
+        refusal(snapshots.replace(name, &pp, &second).await),
+        ("Conflict".to_string(), 409)
+    );
+    let mut blind = won.clone();
+    blind.metadata.resource_version = None;
+    assert_eq!(refusal(snapshots.replace(name, &pp, &blind).await), invalid);
+    assert_eq!(
+        refusal(
+            snapshots
+                .replace("nope", &pp, &snapshot_of("nope", "x", &[]))
+                .await
+        ),
+        ("NotFound".to_string(), 404)
+    );
+    let mut respecified = won.clone();
+    respecified.data["spec"]["backoffLimit"] = json!(2);
+    let respecified = snapshots.replace(name, &pp, &respecified).await.unwrap();
+    assert_eq!(respecified.metadata.generation, Some(2));
+
+    // The lists are the namespace's, or every namespace's.
+    snapshot_api(&kube, "staging")
+        .create(&pp, &snapshot_of(name, "fraud-detection", &[]))
+        .await
+        .unwrap();
+    assert_eq!(
+        snapshots
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        3
+    );
+    let everywhere: Api<DynamicObject> = Api::all_with(
+        kube::Client::try_from(kube::Config::new(kube.url.parse().unwrap())).unwrap(),
+        &snapshots_resource(),
+    );
+    assert_eq!(
+        everywhere
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        4
+    );
+    assert_eq!(kube.count_requests("list", "flinkstatesnapshots"), 2);
+
+    // Pages, and metadata alone, as kube-rs asks for them.
+    let first = snapshots
+        .list_metadata(&ListParams::default().limit(2))
+        .await
+        .unwrap();
+    assert_eq!(first.items.len(), 2);
+    assert_eq!(
+        first.items[0].types.as_ref().unwrap().kind,
+        "PartialObjectMetadata"
+    );
+    let token = first.metadata.continue_.clone().expect("a next page");
+    let rest = snapshots
+        .list(&ListParams::default().limit(2).continue_token(&token))
+        .await
+        .unwrap();
+    assert!(rest.metadata.continue_.is_none());
+    let paged: Vec<String> = first
+        .items
+        .iter()
+        .map(|s| s.name_any())
+        .chain(rest.items.iter().map(|s| s.name_any()))
+        .collect();
+    let mut expected = vec![
+        "claims-completed".to_string(),
+        generated_name.clone(),
+        name.to_string(),
+    ];
+    expected.sort();
+    assert_eq!(paged, expected, "every snapshot once, in order of name");
+    let metadata = snapshots.get_metadata(name).await.unwrap();
+    assert_eq!(metadata.types.unwrap().kind, "PartialObjectMetadata");
+    assert_eq!(metadata.metadata.uid, created.metadata.uid);
+}
+
+#[tokio::test]
+async fn kube_rs_patches_the_status_and_the_finalizers() {
+    let kube = KubeFake::start_with(KubeFakeOptions { operator: None }).await;
+    let snapshots = snapshot_api(&kube, "flink");
+    let pp = PostParams::default();
+    let mut held = snapshot_of("held", "fraud-detection", &[]);
+    held.metadata.finalizers = Some(vec!["example.com/keep".into()]);
+    let created = snapshots.create(&pp, &held).await.unwrap();
+
+    // The status subresource changes the status alone; the main resource leaves it alone.
+    let status = json!({ "status": { "state": "COMPLETED", "path": "s3://flink/savepoints/savepoint-0a1b2c-0123456789ab" } });
+    let with_status = snapshots
+        .patch_status("held", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+    assert_eq!(with_status.data["status"]["state"], "COMPLETED");
+    assert_eq!(with_status.data["spec"], created.data["spec"]);
+    let relabelled = snapshots
+        .patch(
+            "held",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "labels": { "savepointd.io/slot": "20261120t0100z" } }, "status": null })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(relabelled.data["status"], with_status.data["status"]);
+    assert_eq!(relabelled.labels()["savepointd.io/slot"], "20261120t0100z");
+    assert_eq!(
+        refusal(
+            snapshots
+                .patch(
+                    "held",
+                    &PatchParams::default(),
+                    &Patch::Strategic(json!({}))
+                )
+                .await
+        ),
+        ("UnsupportedMediaType".to_string(), 415)
+    );
+    // A patch that names a resourceVersion makes it a precondition.
+    assert_eq!(
+        refusal(
+            snapshots
+                .patch(
+                    "held",
+                    &PatchParams::default(),
+                    &Patch::Merge(
+                        json!({ "metadata": { "resourceVersion": "1", "labels": { "x": "y" } } })
+                    ),
+                )
+                .await
+        ),
+        ("Conflict".to_string(), 409)
+    );
+
+    // Server-side apply creates what is missing.
+    let applied = snapshots
+        .patch(
+            "applied",
+            &PatchParams::apply("savepointd"),
+            &Patch::Apply(snapshot_of("applied", "fraud-detection", &[])),
+        )
+        .await
+        .unwrap();
+    assert!(applied.metadata.uid.is_some());
+
+    // A deletion with a precondition that does not hold is refused.
+    let wrong_uid = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: Some("00000000-0000-4000-8000-000000000000".into()),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    assert_eq!(
+        refusal(snapshots.delete("held", &wrong_uid).await),
+        ("Conflict".to_string(), 409)
+    );
+
+    // With a finalizer, a deletion only marks the object; no new finalizer may join then, and
+    // it goes with the last one.
+    let marked = snapshots
+        .delete("held", &DeleteParams::default())
+        .await
+        .unwrap()
+        .left()
+        .expect("a marked object comes back, not a Status");
+    assert!(marked.metadata.deletion_timestamp.is_some());
+    assert!(kube.snapshot("flink", "held").is_some());
+    assert_eq!(
+        refusal(
+            snapshots
+                .patch(
+                    "held",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({ "metadata": { "finalizers": ["example.com/keep", "example.com/more"] } })),
+                )
+                .await
+        ),
+        ("Invalid".to_string(), 422)
+    );
+    snapshots
+        .patch(
+            "held",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "finalizers": null } })),
+        )
+        .await
+        .unwrap();
+    assert!(kube.snapshot("flink", "held").is_none());
+
+    // Without finalizers it goes at once, and the answer is a Status.
+    let gone = snapshots
+        .delete("applied", &DeleteParams::default())
+        .await
+        .unwrap()
+        .right()
+        .expect("an object deleted at once is answered with a Status");
+    assert_eq!(gone.details.unwrap().name, "applied");
+    assert_eq!(
+        refusal(snapshots.delete("applied", &DeleteParams::default()).await),
+        ("NotFound".to_string(), 404)
+    );
+}
+
+/// How a snapshot looks in one event: its status state, its `snapshot.state` label, its failures.
+fn phase(snapshot: &DynamicObject) -> String {
+    let text = |v: Option<&Value>| v.map_or("-".to_string(), |v| v.to_string().replace('"', ""));
+    format!(
+        "{} {} {}",
+        text(snapshot.data.pointer("/status/state")),
+        text(
+            snapshot
+                .labels()
+                .get("snapshot.state")
+                .map(|l| json!(l))
+                .as_ref()
+        ),
+        text(snapshot.data.pointer("/status/failures")),
+    )
+}
+
+#[tokio::test]
+async fn kube_rs_reflector_follows_snapshots_through_watch_events() {
+    let kube = KubeFake::start().await;
+    kube.put_flink_deployment("flink", "fraud-detection", FlinkStatus::job("RUNNING"));
+    kube.put_flink_deployment("flink", "payments", FlinkStatus::job("RUNNING"));
+    kube.fail_savepoints_of("flink", "payments", SAVEPOINT_TIMEOUT);
+    let snapshots = snapshot_api(&kube, "flink");
+    let writer = reflector::store::Writer::new(snapshots_resource());
+    let store = writer.as_reader();
+    let (sender, mut seen) = tokio::sync::mpsc::unbounded_channel::<DynamicObject>();
+    let follower = tokio::spawn(
+        reflector(
+            writer,
+            watcher(snapshots.clone(), watcher::Config::default()),
+        )
+        .applied_objects()
+        .for_each(move |object| {
+            if let Ok(object) = object {
+                let _ = sender.send(object);
+            }
+            std::future::ready(())
+        }),
+    );
+    tokio::time::timeout(SETTLE, store.wait_until_ready())
+        .await
+        .expect("the reflector syncs within 5 s")
+        .unwrap();
+
+    let pp = PostParams::default();
+    snapshots
+        .create(
+            &pp,
+            &snapshot_of("fraud-detection-1", "fraud-detection", &[]),
+        )
+        .await
+        .unwrap();
+    let mut retried = snapshot_of("payments-1", "payments", &[]);
+    retried.data["spec"]["backoffLimit"] = json!(1);
+    snapshots.create(&pp, &retried).await.unwrap();
+
+    let mut phases: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let finished = |phases: &BTreeMap<String, Vec<String>>, name: &str, last: &str| {
+        phases
+            .get(name)
+            .and_then(|p| p.last())
+            .is_some_and(|p| p.starts_with(last))
+    };
+    while !(finished(&phases, "fraud-detection-1", "COMPLETED")
+        && finished(&phases, "payments-1", "FAILED"))
+    {
+        let object = tokio::time::timeout(SETTLE, seen.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no further watch event; seen {phases:#?}"))
+            .unwrap();
+        let history = phases.entry(object.name_any()).or_default();
+        let now = phase(&object);
+        if history.last() != Some(&now) {
+            history.push(now);
+        }
+    }
+    // The operator writes no TRIGGER_PENDING status before the trigger: its first status is
+    // IN_PROGRESS, while its label already says TRIGGER_PENDING.
+    assert_eq!(
+        phases["fraud-detection-1"],
+        [
+            "- - -",
+            "- TRIGGER_PENDING -",
+            "IN_PROGRESS IN_PROGRESS 0",
+            "COMPLETED COMPLETED 0"
+        ]
+    );
+    // A failed attempt is retried while failures <= backoffLimit.
+    assert_eq!(
+        phases["payments-1"],
+        [
+            "- - -",
+            "- TRIGGER_PENDING -",
+            "IN_PROGRESS IN_PROGRESS 0",
+            "TRIGGER_PENDING TRIGGER_PENDING 1",
+            "IN_PROGRESS IN_PROGRESS 1",
+            "FAILED FAILED 2"
+        ]
+    );
+
+    let in_store = |name: &str| {
+        store
+            .state()
+            .into_iter()
+            .find(|s| s.name_any() == name)
+            .unwrap()
+    };
+    let completed = in_store("fraud-detection-1");
+    let status = &completed.data["status"];
+    let job_id = kube
+        .flink_job(JobKind::FlinkDeployment, "flink", "fraud-detection")
+        .unwrap()["status"]["jobStatus"]["jobId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = status["path"].as_str().unwrap();
+    assert!(
+        path.starts_with(&format!(
+            "s3://flink/savepoints/savepoint-{}-",
+            &job_id[..6]
+        )),
+        "{path}"
+    );
+    assert_eq!(status["triggerId"].as_str().unwrap().len(), 32);
+    assert!(
+        status["triggerTimestamp"].as_str().unwrap() < status["resultTimestamp"].as_str().unwrap()
+    );
+    assert_eq!(
+        in_store("payments-1").data["status"]["error"],
+        SAVEPOINT_TIMEOUT
+    );
+
+    // Followed by watching alone: one list, then the watch; never a GET.
+    follower.abort();
+    assert_eq!(kube.count_requests("list", "flinkstatesnapshots"), 1);
+    assert!(kube.count_requests("watch", "flinkstatesnapshots") >= 1);
+    assert_eq!(kube.count_requests("get", "flinkstatesnapshots"), 0);
+}
+
+/// The names a watcher with `selector` reports, whatever the event.
+fn selected_names(
+    snapshots: &Api<DynamicObject>,
+    selector: &str,
+) -> (
+    reflector::Store<DynamicObject>,
+    tokio::task::JoinHandle<()>,
+    std::sync::Arc<std::sync::Mutex<BTreeSet<String>>>,
+) {
+    let writer = reflector::store::Writer::new(snapshots_resource());
+    let store = writer.as_reader();
+    let names = std::sync::Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let seen = names.clone();
+    let task = tokio::spawn(
+        reflector(
+            writer,
+            watcher(
+                snapshots.clone(),
+                watcher::Config::default().labels(selector),
+            ),
+        )
+        .touched_objects()
+        .for_each(move |object| {
+            if let Ok(object) = object {
+                seen.lock().unwrap().insert(object.name_any());
+            }
+            std::future::ready(())
+        }),
+    );
+    (store, task, names)
+}
+
+fn store_names(store: &reflector::Store<DynamicObject>) -> BTreeSet<String> {
+    store.state().iter().map(|s| s.name_any()).collect()
+}
+
+#[tokio::test]
+async fn kube_rs_label_selected_watch_sees_only_matching_snapshots() {
+    let kube = KubeFake::start().await;
+    kube.put_flink_deployment("flink", "fraud-detection", FlinkStatus::job("RUNNING"));
+    kube.put_flink_deployment("flink", "payments", FlinkStatus::job("RUNNING"));
+    kube.seed_snapshot(
+        "flink",
+        savepoint_snapshot(
+            "fraud-detection-savepoint-periodic-1763600400000",
+            "fraud-detection",
+            "PERIODIC",
+            chrono::Utc::now(),
+        ),
+    );
+    let snapshots = snapshot_api(&kube, "flink");
+    let (ours, ours_task, ours_seen) =
+        selected_names(&snapshots, "savepointd.io/application=fraud-detection");
+    let (manual, manual_task, manual_seen) = selected_names(
+        &snapshots,
+        "snapshot.trigger-type=MANUAL,job-reference.name=fraud-detection",
+    );
+    for store in [&ours, &manual] {
+        tokio::time::timeout(SETTLE, store.wait_until_ready())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    let pp = PostParams::default();
+    let app = |name: &'static str| [("savepointd.io/application", name)];
+    for snapshot in [
+        snapshot_of(
+            "fraud-detection-1",
+            "fraud-detection",
+            &app("fraud-detection"),
+        ),
+        snapshot_of("payments-1", "payments", &app("payments")),
+        snapshot_of("by-hand", "fraud-detection", &[]),
+    ] {
+        snapshots.create(&pp, &snapshot).await.unwrap();
+    }
+    for name in ["fraud-detection-1", "payments-1", "by-hand"] {
+        snapshot_in_state(&kube, "flink", name, "COMPLETED").await;
+    }
+    // The operator's labels arrive after the create: the snapshot enters that selection then.
+    let reached = eventually(SETTLE, || {
+        let both = store_names(&manual).len() == 2;
+        async move { both.then_some(()) }
+    })
+    .await;
+    assert!(reached.is_some(), "{:?}", store_names(&manual));
+    ours_task.abort();
+    manual_task.abort();
+
+    let expected = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<BTreeSet<_>>();
+    assert_eq!(store_names(&ours), expected(&["fraud-detection-1"]));
+    assert_eq!(*ours_seen.lock().unwrap(), expected(&["fraud-detection-1"]));
+    assert_eq!(
+        store_names(&manual),
+        expected(&["by-hand", "fraud-detection-1"])
+    );
+    assert_eq!(
+        *manual_seen.lock().unwrap(),
+        expected(&["by-hand", "fraud-detection-1"])
+    );
+    let watches: Vec<String> = kube
+        .requests()
+        .into_iter()
+        .filter(|r| r.contains("watch=true"))
+        .collect();
+    assert!(
+        watches
+            .iter()
+            .any(|r| r.contains("labelSelector=savepointd.io/application=fraud-detection")),
+        "{watches:#?}"
+    );
+}
+
+#[tokio::test]
+async fn kube_rs_deletes_snapshots_through_the_operators_finalizer() {
+    let kube = KubeFake::start().await;
+    for job in ["fraud-detection", "payments", "orders"] {
+        kube.put_flink_deployment("flink", job, FlinkStatus::job("RUNNING"));
+    }
+    kube.fail_savepoints_of("flink", "payments", SAVEPOINT_TIMEOUT);
+    kube.hold_savepoints_of("flink", "orders");
+    let snapshots = snapshot_api(&kube, "flink");
+    let pp = PostParams::default();
+    for (name, job) in [
+        ("kept", "fraud-detection"),
+        ("failed", "payments"),
+        ("in-flight", "orders"),
+    ] {
+        snapshots
+            .create(&pp, &snapshot_of(name, job, &[]))
+            .await
+            .unwrap();
+    }
+    let completed = snapshot_in_state(&kube, "flink", "kept", "COMPLETED").await;
+    snapshot_in_state(&kube, "flink", "failed", "FAILED").await;
+    snapshot_in_state(&kube, "flink", "in-flight", "IN_PROGRESS").await;
+
+    // Watch the one to be disposed of, by name.
+    let (sender, mut events) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let follower = tokio::spawn(
+        watcher(
+            snapshots.clone(),
+            watcher::Config::default().fields("metadata.name=kept"),
+        )
+        .for_each(move |event| {
+            let seen = match event {
+                Ok(watcher::Event::InitApply(o) | watcher::Event::Apply(o)) => {
+                    Some(match o.metadata.deletion_timestamp {
+                        Some(_) => "terminating",
+                        None => "present",
+                    })
+                }
+                Ok(watcher::Event::Delete(_)) => Some("deleted"),
+                _ => None,
+            };
+            if let Some(seen) = seen {
+                let _ = sender.send(seen.to_string());
+            }
+            std::future::ready(())
+        }),
+    );
+
+    let first = tokio::time::timeout(SETTLE, events.recv()).await.unwrap();
+    assert_eq!(first.as_deref(), Some("present"));
+
+    // The job is suspended: the savepoint cannot be disposed of, the snapshot stays Terminating.
+    kube.set_flink_status(
+        JobKind::FlinkDeployment,
+        "flink",
+        "fraud-detection",
+        FlinkStatus::job("SUSPENDED"),
+    );
+    let marked = snapshots
+        .delete("kept", &DeleteParams::default())
+        .await
+        .unwrap()
+        .left()
+        .expect("the marked snapshot comes back");
+    assert!(marked.metadata.deletion_timestamp.is_some());
+    assert_eq!(
+        marked.metadata.finalizers,
+        Some(vec![FINALIZER.to_string()])
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(kube.snapshot("flink", "kept").is_some());
+    assert!(kube.disposals().is_empty());
+
+    kube.set_flink_status(
+        JobKind::FlinkDeployment,
+        "flink",
+        "fraud-detection",
+        FlinkStatus::job("RUNNING"),
+    );
+    snapshot_gone(&kube, "flink", "kept").await;
+    let disposals = kube.disposals();
+    assert_eq!(disposals.len(), 1);
+    assert_eq!(
+        (
+            disposals[0].name.as_str(),
+            disposals[0].path.as_str(),
+            disposals[0].state.as_str(),
+            disposals[0].trigger_type.as_str(),
+            disposals[0].job.as_str()
+        ),
+        (
+            "kept",
+            completed["status"]["path"].as_str().unwrap(),
+            "COMPLETED",
+            "MANUAL",
+            "fraud-detection"
+        )
+    );
+    let mut seen = vec!["present".to_string()];
+    while seen.last().map(String::as_str) != Some("deleted") {
+        let event = tokio::time::timeout(SETTLE, events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no deletion seen: {seen:?}"))
+            .unwrap();
+        if seen.last() != Some(&event) {
+            seen.push(event);
+        }
+    }
+    assert_eq!(seen, ["present", "terminating", "deleted"]);
+    follower.abort();
+
+    // A FAILED savepoint has no data to dispose of: it goes at once.
+    snapshots
+        .delete("failed", &DeleteParams::default())
+        .await
+        .unwrap();
+    snapshot_gone(&kube, "flink", "failed").await;
+    assert_eq!(kube.disposals().len(), 1);
+
+    // IN_PROGRESS: the operator only cleans up a resource marked for deletion and no longer
+    // observes its savepoint, so it stays IN_PROGRESS and Terminating, even once the savepoint
+    // would have ended.
+    snapshots
+        .delete("in-flight", &DeleteParams::default())
+        .await
+        .unwrap();
+    kube.release_savepoints_of("flink", "orders");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stuck = kube.snapshot("flink", "in-flight").unwrap();
+    assert_eq!(stuck["status"]["state"], "IN_PROGRESS");
+    assert!(stuck["metadata"]["deletionTimestamp"].is_string());
+    assert_eq!(kube.disposals().len(), 1);
+
+    // A FlinkDeployment has no finalizer: it goes at once, answered with a Status.
+    let deployments = flink_api(
+        &kube,
+        "flink",
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("flink.apache.org", "v1beta1", "FlinkDeployment"),
+            "flinkdeployments",
+        ),
+    );
+    let status = deployments
+        .delete("payments", &DeleteParams::default())
+        .await
+        .unwrap()
+        .right()
+        .expect("a Status");
+    assert_eq!(status.details.unwrap().kind, "flinkdeployments");
+    assert!(
+        kube.flink_job(JobKind::FlinkDeployment, "flink", "payments")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn flink_operator_can_let_in_flight_snapshots_end_before_cleaning_up() {
+    let kube = KubeFake::start_with(KubeFakeOptions {
+        operator: Some(OperatorOptions {
+            observe_while_deleting: true,
+            ..OperatorOptions::default()
+        }),
+    })
+    .await;
+    kube.put_flink_deployment("flink", "orders", FlinkStatus::job("RUNNING"));
+    kube.hold_savepoints_of("flink", "orders");
+    let snapshots = snapshot_api(&kube, "flink");
+    snapshots
+        .create(
+            &PostParams::default(),
+            &snapshot_of("in-flight", "orders", &[]),
+        )
+        .await
+        .unwrap();
+    snapshot_in_state(&kube, "flink", "in-flight", "IN_PROGRESS").await;
+    snapshots
+        .delete("in-flight", &DeleteParams::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        kube.snapshot("flink", "in-flight").is_some(),
+        "it waits while in flight"
+    );
+    kube.release_savepoints_of("flink", "orders");
+    snapshot_gone(&kube, "flink", "in-flight").await;
+    assert_eq!(kube.disposals().len(), 1, "completed, then disposed of");
+}
+
+#[tokio::test]
+async fn flink_operator_serves_session_jobs_and_follows_the_tests_instructions() {
+    let kube = KubeFake::start().await;
+    kube.put_flink_deployment("flink", "session-cluster", FlinkStatus::job("RUNNING"));
+    kube.put_flink_session_job(
+        "flink",
+        "orders",
+        "session-cluster",
+        FlinkStatus::job("RUNNING"),
+    );
+    let snapshots = snapshot_api(&kube, "flink");
+    let pp = PostParams::default();
+    let of_session_job = |name: &str| {
+        let mut snapshot = snapshot_of(name, "orders", &[]);
+        snapshot.data["spec"]["jobReference"]["kind"] = json!("FlinkSessionJob");
+        snapshot
+    };
+
+    // A session job's savepoint, whose first attempt fails and whose retry succeeds.
+    kube.fail_savepoints_of("flink", "orders", SAVEPOINT_TIMEOUT);
+    let mut retried = of_session_job("orders-1");
+    retried.data["spec"]["backoffLimit"] = json!(-1);
+    snapshots.create(&pp, &retried).await.unwrap();
+    let retrying = eventually(SETTLE, || {
+        let snapshot = kube.snapshot("flink", "orders-1");
+        async move { snapshot.filter(|s| s["status"]["failures"] == 1) }
+    })
+    .await
+    .expect("a failed attempt");
+    assert_eq!(retrying["status"]["error"], SAVEPOINT_TIMEOUT);
+    kube.heal_savepoints_of("flink", "orders");
+    let completed = snapshot_in_state(&kube, "flink", "orders-1", "COMPLETED").await;
+    assert_eq!(
+        completed["metadata"]["labels"]["job-reference.kind"],
+        "FlinkSessionJob"
+    );
+    let session_job = kube
+        .flink_job(JobKind::FlinkSessionJob, "flink", "orders")
+        .unwrap();
+    assert_eq!(session_job["spec"]["deploymentName"], "session-cluster");
+    assert!(session_job["status"]["jobManagerDeploymentStatus"].is_null());
+
+    // A disposal that fails keeps the snapshot Terminating until it succeeds.
+    kube.fail_disposals_of("flink", "orders");
+    snapshots
+        .delete("orders-1", &DeleteParams::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(kube.snapshot("flink", "orders-1").is_some());
+    assert!(kube.disposals().is_empty());
+    kube.heal_disposals_of("flink", "orders");
+    snapshot_gone(&kube, "flink", "orders-1").await;
+    assert_eq!(kube.disposals()[0].path, completed["status"]["path"]);
+
+    // While the operator is down nothing happens to a new snapshot; it carries on once back.
+    kube.set_operator_running(false);
+    snapshots
+        .create(&pp, &of_session_job("orders-2"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let untouched = kube.snapshot("flink", "orders-2").unwrap();
+    assert!(
+        untouched["metadata"]["finalizers"].is_null(),
+        "{untouched:#}"
+    );
+    assert!(untouched.get("status").is_none());
+    kube.set_operator_running(true);
+    snapshot_in_state(&kube, "flink", "orders-2", "COMPLETED").await;
+
+    // A job whose resource goes under a savepoint in flight abandons it.
+    kube.hold_savepoints_of("flink", "orders");
+    snapshots
+        .create(&pp, &of_session_job("orders-3"))
+        .await
+        .unwrap();
+    snapshot_in_state(&kube, "flink", "orders-3", "IN_PROGRESS").await;
+    kube.delete_flink_job(JobKind::FlinkSessionJob, "flink", "orders");
+    let abandoned = snapshot_in_state(&kube, "flink", "orders-3", "ABANDONED").await;
+    let error = abandoned["status"]["error"].as_str().unwrap();
+    assert!(error.contains("was not found"), "{error}");
+}
+
+#[tokio::test]
+async fn kube_rs_snapshot_of_a_stopped_or_missing_job_is_not_taken() {
+    let kube = KubeFake::start().await;
+    kube.put_flink_deployment("flink", "payments", FlinkStatus::job("SUSPENDED"));
+    kube.put_flink_deployment("flink", "fraud-detection", FlinkStatus::job("RUNNING"));
+    let snapshots = snapshot_api(&kube, "flink");
+    let pp = PostParams::default();
+
+    snapshots
+        .create(&pp, &snapshot_of("payments-1", "payments", &[]))
+        .await
+        .unwrap();
+    let abandoned = snapshot_in_state(&kube, "flink", "payments-1", "ABANDONED").await;
+    let error = abandoned["status"]["error"].as_str().unwrap();
+    assert!(error.contains("is not running"), "{error}");
+    assert!(abandoned["status"]["path"].is_null());
+    assert!(
+        abandoned["status"]["triggerId"].is_null(),
+        "never triggered: {abandoned:#}"
+    );
+    assert!(abandoned["status"]["resultTimestamp"].is_string());
+    assert_eq!(
+        abandoned["metadata"]["labels"]["snapshot.state"],
+        "ABANDONED"
+    );
+    assert_eq!(
+        abandoned["metadata"]["labels"]["job-reference.name"],
+        "payments"
+    );
+
+    // A missing target fails the operator's validation: no status at all until it exists.
+    snapshots
+        .create(&pp, &snapshot_of("orders-1", "orders", &[]))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let waiting = kube.snapshot("flink", "orders-1").unwrap();
+    assert!(waiting.get("status").is_none(), "{waiting:#}");
+    assert_eq!(
+        waiting["metadata"]["labels"]["snapshot.state"],
+        "TRIGGER_PENDING"
+    );
+    assert!(waiting["metadata"]["labels"]["job-reference.name"].is_null());
+    assert_eq!(waiting["metadata"]["finalizers"], json!([FINALIZER]));
+    kube.put_flink_deployment("flink", "orders", FlinkStatus::job("RUNNING"));
+    snapshot_in_state(&kube, "flink", "orders-1", "COMPLETED").await;
+
+    // A job that stops under a savepoint in flight abandons it.
+    kube.hold_savepoints_of("flink", "fraud-detection");
+    snapshots
+        .create(
+            &pp,
+            &snapshot_of("fraud-detection-1", "fraud-detection", &[]),
+        )
+        .await
+        .unwrap();
+    snapshot_in_state(&kube, "flink", "fraud-detection-1", "IN_PROGRESS").await;
+    kube.set_flink_status(
+        JobKind::FlinkDeployment,
+        "flink",
+        "fraud-detection",
+        FlinkStatus::job("FAILED"),
+    );
+    snapshot_in_state(&kube, "flink", "fraud-detection-1", "ABANDONED").await;
+
+    // An existing savepoint is registered as COMPLETED at once, with its own path.
+    let mut existing = snapshot_of("registered", "payments", &[]);
+    existing.data["spec"]["savepoint"]["alreadyExists"] = json!(true);
+    existing.data["spec"]["savepoint"]["path"] =
+        json!("s3://flink/savepoints/savepoint-0a1b2c-0123456789ab");
+    snapshots.create(&pp, &existing).await.unwrap();
+    let registered = snapshot_in_state(&kube, "flink", "registered", "COMPLETED").await;
+    assert_eq!(
+        registered["status"]["path"],
+        "s3://flink/savepoints/savepoint-0a1b2c-0123456789ab"
+    );
+}
+
+#[tokio::test]
+async fn kube_rs_a_lost_create_answer_took_effect() {
+    let kube = KubeFake::start().await;
+    kube.put_flink_deployment("flink", "fraud-detection", FlinkStatus::job("RUNNING"));
+    let snapshots = snapshot_api(&kube, "flink");
+    let pp = PostParams::default();
+    let name = "fraud-detection-20261120t0100z";
+
+    kube.lose_next_answers_to("POST", "flinkstatesnapshots", 1);
+    let lost = snapshots
+        .create(&pp, &snapshot_of(name, "fraud-detection", &[]))
+        .await;
+    let err = lost.expect_err("no answer reaches the client");
+    assert!(
+        !matches!(err, kube::Error::Api(_)),
+        "not an answer: {err:?}"
+    );
+    snapshot_in_state(&kube, "flink", name, "COMPLETED").await;
+
+    // Asking again meets it by name.
+    assert_eq!(
+        refusal(
+            snapshots
+                .create(&pp, &snapshot_of(name, "fraud-detection", &[]))
+                .await
+        ),
+        ("AlreadyExists".to_string(), 409)
+    );
+    assert_eq!(kube.snapshots("flink").len(), 1);
+    let creates: Vec<(u16, bool)> = kube
+        .api_requests()
+        .into_iter()
+        .filter(|r| r.verb == "create" && r.resource == "flinkstatesnapshots")
+        .map(|r| (r.status, r.lost))
+        .collect();
+    assert_eq!(creates, [(201, true), (409, false)]);
+    assert_eq!(kube.network(|n| n.fault_counts().lose_after), 1);
 }
 
 // -------------------------------------------------------------------------------------------------

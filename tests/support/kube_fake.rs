@@ -1,142 +1,195 @@
-//! A fake Kubernetes API server that serves pods (discovery, list, get and watch, with label
-//! selectors, resource versions, bookmarks, watch timeouts and server-side tables) and
-//! `coordination.k8s.io/v1` Leases (get, list, watch, create, and replace with resourceVersion
-//! preconditions: a stale or concurrent write is a 409 Conflict, as on a real API server).
+//! A fake Kubernetes API server, small enough to read and big enough for kube-rs (list, watch,
+//! reflectors) and for the real `kubectl`. It serves:
 //!
-//! It is checked against the real `kubectl` and against kube-rs, so that a resolver tested here
-//! behaves the same against a real cluster.
+//! - pods, read-only: tests add, relabel and remove them;
+//! - `coordination.k8s.io/v1` Leases: get, list, watch, create, and replace with resourceVersion
+//!   preconditions (a stale or concurrent write is a 409 Conflict, as on a real API server);
+//! - the Apache Flink Kubernetes Operator's custom resources, `flink.apache.org/v1beta1`
+//!   FlinkDeployment, FlinkSessionJob and FlinkStateSnapshot: create (`generateName` included),
+//!   replace, JSON merge patch (what `kubectl apply` sends for a custom resource), JSON patch, a
+//!   simplified server-side apply, the `/status` subresource, and deletion with finalizers
+//!   ([`resources`]);
+//! - unless a test turns it off, a small simulation of the operator, which labels, triggers,
+//!   completes, fails, abandons and disposes of FlinkStateSnapshots as the operator's own code does
+//!   ([`flink_operator`]).
+//!
+//! Every kind lives in one store with one event log: a resource version that grows with every
+//! change, watches with label and field selectors, bookmarks, timeouts and 410 Gone after a
+//! compaction, and server-side tables for `kubectl get`. Network faults (a lost create answer, a
+//! dropped connection, a 5xx) come from [`super::unreliable`], as for the other simulators, and every
+//! request is recorded.
+//!
+//! It is checked against the real `kubectl` and against kube-rs in `tests/fakes.rs`, so that code
+//! tested here behaves the same against a real cluster.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, mpsc, watch as signal};
+use tokio::sync::{Notify, broadcast, mpsc, watch as signal};
 use tokio::task::JoinHandle;
 
-use super::{lock, parse_query, query_value, uuid_v4};
+use super::unreliable::{Connection, DroppableListener};
+pub use super::unreliable::{Fault, Network, RecordedRequest};
+use super::{lock, parse_query, query_value};
+
+mod flink_operator;
+mod resources;
+
+// Each test crate uses its own part of the support code, as `#![allow(dead_code)]` in `mod.rs` says.
+#[allow(unused_imports)]
+pub use flink_operator::{
+    Disposal, FINALIZER, FlinkStatus, JobKind, OperatorOptions, savepoint_snapshot,
+};
+use resources::{LEASES, PODS, ResourceType};
 
 type Labels = BTreeMap<String, String>;
+/// An object's namespace and name.
+type Key = (String, String);
 
 /// Without activity, a watch that asked for bookmarks gets one this often.
 const BOOKMARK_EVERY: Duration = Duration::from_secs(5);
+
+/// Request bodies larger than this are answered 400 rather than buffered.
+const MAX_BODY_BYTES: usize = 1 << 20;
+
+pub struct KubeFakeOptions {
+    /// The operator simulation, with its timings; `None` serves the Flink resources with nobody
+    /// acting on them, as a cluster where the CRDs are installed and the operator is not.
+    pub operator: Option<OperatorOptions>,
+}
+
+impl Default for KubeFakeOptions {
+    fn default() -> Self {
+        Self {
+            operator: Some(OperatorOptions::default()),
+        }
+    }
+}
 
 pub struct KubeFake {
     /// `http://127.0.0.1:PORT`
     pub url: String,
     state: Arc<Shared>,
     server: JoinHandle<()>,
+    operator: Option<JoinHandle<()>>,
 }
 
 impl Drop for KubeFake {
     fn drop(&mut self) {
         self.server.abort();
+        if let Some(operator) = &self.operator {
+            operator.abort();
+        }
     }
 }
 
+/// One request as the API server understood it, for counting requests per kind and verb.
+#[derive(Clone, Debug)]
+pub struct ApiRequest {
+    pub method: String,
+    pub path: String,
+    /// Decoded query parameters, in order.
+    pub query: Vec<(String, String)>,
+    /// `get`, `list`, `watch`, `create`, `update`, `patch` or `delete`; empty for discovery and
+    /// paths that name no resource.
+    pub verb: &'static str,
+    /// The plural, with its subresource when there is one: `flinkstatesnapshots/status`.
+    pub resource: String,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    /// The status it was answered (0 when its connection was dropped before handling).
+    pub status: u16,
+    /// Handled, then its answer lost (see [`KubeFake::lose_next_answers_to`]).
+    pub lost: bool,
+    /// `application/merge-patch+json` and the like.
+    pub content_type: Option<String>,
+    /// The JSON body, if it had one.
+    pub body: Option<Value>,
+}
+
 impl KubeFake {
+    /// A fake with the operator simulation on, at its default timings.
     pub async fn start() -> KubeFake {
+        Self::start_with(KubeFakeOptions::default()).await
+    }
+
+    pub async fn start_with(options: KubeFakeOptions) -> KubeFake {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the fake Kubernetes API server to 127.0.0.1:0");
         let addr = listener
             .local_addr()
             .expect("local address of the fake Kubernetes API server");
-        let (events, _) = broadcast::channel(1024);
         let state = Arc::new(Shared {
-            cluster: Mutex::new(Cluster::default()),
-            events,
+            cluster: Mutex::new(Cluster::new(options.operator.clone())),
             leases_held: signal::channel(false).0,
+            wake: Notify::new(),
         });
         let app = Router::new().fallback(handle).with_state(state.clone());
         let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let _ = axum::serve(
+                DroppableListener(listener),
+                app.into_make_service_with_connect_info::<Connection>(),
+            )
+            .await;
         });
+        let operator = options
+            .operator
+            .map(|_| tokio::spawn(flink_operator::run(state.clone())));
         KubeFake {
             url: format!("http://{addr}"),
             state,
             server,
+            operator,
         }
     }
 
     /// Creates a running pod (an ADDED event); an existing pod of that name gets the labels
     /// instead (MODIFIED).
     pub fn add_pod(&self, namespace: &str, name: &str, labels: &[(&str, &str)]) {
-        let labels = to_labels(labels);
-        let mut cluster = lock(&self.state.cluster);
-        let key = (namespace.to_string(), name.to_string());
-        if cluster.pods.contains_key(&key) {
-            cluster.relabel(&self.state.events, &key, labels);
+        let mut cluster = self.cluster();
+        if let Some(pod) = cluster.get(PODS.plural, namespace, name) {
+            let mut pod = pod.clone();
+            pod["metadata"]["labels"] = json!(to_labels(labels));
+            cluster.write(&PODS, pod);
             return;
         }
-        cluster.resource_version += 1;
         cluster.pod_count += 1;
-        let resource_version = cluster.resource_version;
-        let pod = new_pod(
-            namespace,
-            name,
-            &labels,
-            resource_version,
-            cluster.pod_count,
-        );
-        cluster.pods.insert(key, pod.clone());
-        cluster.publish(
-            &self.state.events,
-            Event {
-                resource: "pods",
-                resource_version,
-                kind: "ADDED",
-                namespace: namespace.to_string(),
-                before: None,
-                after: Some(labels),
-                object: pod,
-            },
-        );
+        let pod = new_pod(namespace, name, &to_labels(labels), cluster.pod_count);
+        cluster.write(&PODS, pod);
     }
 
     /// Replaces the labels of a pod (a MODIFIED event).
     pub fn set_labels(&self, namespace: &str, name: &str, labels: &[(&str, &str)]) {
-        let mut cluster = lock(&self.state.cluster);
-        let key = (namespace.to_string(), name.to_string());
-        assert!(
-            cluster.pods.contains_key(&key),
-            "set_labels: no pod {namespace}/{name}"
-        );
-        cluster.relabel(&self.state.events, &key, to_labels(labels));
+        let mut cluster = self.cluster();
+        let Some(pod) = cluster.get(PODS.plural, namespace, name) else {
+            panic!("set_labels: no pod {namespace}/{name}");
+        };
+        let mut pod = pod.clone();
+        pod["metadata"]["labels"] = json!(to_labels(labels));
+        cluster.write(&PODS, pod);
     }
 
     /// Removes a pod (a DELETED event).
     pub fn delete_pod(&self, namespace: &str, name: &str) {
-        let mut cluster = lock(&self.state.cluster);
-        let key = (namespace.to_string(), name.to_string());
-        let Some(mut pod) = cluster.pods.remove(&key) else {
+        if self
+            .cluster()
+            .remove(&PODS, &(namespace.into(), name.into()))
+            .is_none()
+        {
             panic!("delete_pod: no pod {namespace}/{name}");
-        };
-        cluster.resource_version += 1;
-        let resource_version = cluster.resource_version;
-        pod["metadata"]["resourceVersion"] = json!(resource_version.to_string());
-        let labels = labels_of(&pod);
-        cluster.publish(
-            &self.state.events,
-            Event {
-                resource: "pods",
-                resource_version,
-                kind: "DELETED",
-                namespace: namespace.to_string(),
-                before: Some(labels),
-                after: None,
-                object: pod,
-            },
-        );
+        }
     }
 
     /// While `true`, every Lease request hangs without an answer (as an API server that is
@@ -147,10 +200,7 @@ impl KubeFake {
 
     /// The Lease as stored, if it exists.
     pub fn lease(&self, namespace: &str, name: &str) -> Option<Value> {
-        lock(&self.state.cluster)
-            .leases
-            .get(&(namespace.to_string(), name.to_string()))
-            .cloned()
+        self.cluster().get(LEASES.plural, namespace, name).cloned()
     }
 
     /// The holder of a Lease; `None` when it is absent or free.
@@ -164,25 +214,74 @@ impl KubeFake {
     /// Forgets the event history, so that a watch from any earlier resource version is answered
     /// 410 Gone, as after an etcd compaction; clients must then list again.
     pub fn compact(&self) {
-        let mut cluster = lock(&self.state.cluster);
+        let mut cluster = self.cluster();
         cluster.log.clear();
         cluster.compacted_through = cluster.resource_version;
     }
 
     /// The current resource version of the cluster.
     pub fn resource_version(&self) -> u64 {
-        lock(&self.state.cluster).resource_version
+        self.cluster().resource_version
     }
 
     /// All requests received so far.
     pub fn request_count(&self) -> usize {
-        lock(&self.state.cluster).requests.len()
+        self.cluster().network.requests.len()
     }
 
     /// Every request as `"METHOD /path?query"`, in order of arrival, with the query
     /// percent-decoded (`labelSelector=app=x,system=y`) so tests can match it as written.
     pub fn requests(&self) -> Vec<String> {
-        lock(&self.state.cluster).requests.clone()
+        self.api_requests()
+            .into_iter()
+            .map(|r| {
+                let query: Vec<String> = r.query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                if query.is_empty() {
+                    format!("{} {}", r.method, r.path)
+                } else {
+                    format!("{} {}?{}", r.method, r.path, query.join("&"))
+                }
+            })
+            .collect()
+    }
+
+    /// Every request, in order of arrival, with the verb and resource it addressed.
+    pub fn api_requests(&self) -> Vec<ApiRequest> {
+        self.cluster()
+            .network
+            .requests
+            .iter()
+            .map(api_request)
+            .collect()
+    }
+
+    /// How many requests were `verb` (`create`, `list`, `watch`, …) on `resource`
+    /// (`flinkstatesnapshots`, `flinkstatesnapshots/status`, `pods`, …).
+    pub fn count_requests(&self, verb: &str, resource: &str) -> usize {
+        self.api_requests()
+            .iter()
+            .filter(|r| r.verb == verb && r.resource == resource)
+            .count()
+    }
+
+    /// The network between clients and the API server: faults to inject (one by one or from a
+    /// seeded plan), latency, the faults injected so far.
+    pub fn network<R>(&self, f: impl FnOnce(&mut Network) -> R) -> R {
+        f(&mut self.cluster().network)
+    }
+
+    /// The next `n` requests of `method` on `resource` (a plural, `flinkstatesnapshots`) are
+    /// handled, changes included, and then their connection is killed before the answer: a create
+    /// that took effect while its client saw only an error.
+    pub fn lose_next_answers_to(&self, method: &str, resource: &str, n: usize) {
+        self.network(|network| {
+            network.next_to(
+                Some(method),
+                Some(&format!("/{resource}")),
+                n,
+                Fault::LoseAfter,
+            )
+        });
     }
 
     /// Writes `dir/kubeconfig`: one cluster at `url` over plain HTTP, one context, a user without
@@ -213,101 +312,173 @@ preferences: {{}}
         std::fs::write(&path, text).expect("write the kubeconfig");
         path
     }
+
+    fn cluster(&self) -> std::sync::MutexGuard<'_, Cluster> {
+        lock(&self.state.cluster)
+    }
 }
 
 struct Shared {
     cluster: Mutex<Cluster>,
-    /// Sent while the cluster lock is held, and subscribed to under it, so that a watch sees each
-    /// event exactly once: either in the log it copies or on the channel.
-    events: broadcast::Sender<Event>,
     /// `true` while Lease requests are held (see [`KubeFake::hold_leases`]).
     leases_held: signal::Sender<bool>,
+    /// Wakes the operator simulation after a change that is no API event (a test's instruction).
+    wake: Notify,
 }
 
-#[derive(Default)]
 struct Cluster {
-    pods: BTreeMap<(String, String), Value>,
-    leases: BTreeMap<(String, String), Value>,
+    /// Every object, by plural, then namespace and name.
+    objects: BTreeMap<&'static str, BTreeMap<Key, Value>>,
     resource_version: u64,
     pod_count: u32,
     log: Vec<Event>,
     /// Watches from at or below this version can no longer be served from `log`.
     compacted_through: u64,
-    requests: Vec<String>,
+    /// Sent while the cluster lock is held, and subscribed to under it, so that a watch sees each
+    /// event exactly once: either in the log it copies or on the channel.
+    events: broadcast::Sender<Event>,
+    network: Network,
+    operator: flink_operator::Operator,
 }
 
 #[derive(Clone)]
 struct Event {
-    /// `pods` or `leases`: a watch sees only its own resource.
+    /// The plural: a watch sees only its own resource.
     resource: &'static str,
     resource_version: u64,
     kind: &'static str,
-    namespace: String,
-    /// Labels before and after the change; `None` where the pod did not exist. A watch with a
-    /// selector sees a pod that starts or stops matching as ADDED or DELETED, as Kubernetes does.
+    /// Labels before and after the change; `None` where the object did not exist. A watch with a
+    /// selector sees an object that starts or stops matching as ADDED or DELETED, as Kubernetes
+    /// does.
     before: Option<Labels>,
     after: Option<Labels>,
     object: Value,
 }
 
 impl Cluster {
-    fn publish_lease(
-        &mut self,
-        events: &broadcast::Sender<Event>,
-        kind: &'static str,
-        namespace: &str,
-        lease: &Value,
-        resource_version: u64,
-    ) {
-        let labels = labels_of(lease);
-        self.publish(
-            events,
-            Event {
-                resource: "leases",
-                resource_version,
-                kind,
-                namespace: namespace.to_string(),
-                before: (kind != "ADDED").then(|| labels.clone()),
-                after: Some(labels),
-                object: lease.clone(),
-            },
-        );
+    fn new(operator: Option<OperatorOptions>) -> Cluster {
+        Cluster {
+            objects: BTreeMap::new(),
+            resource_version: 0,
+            pod_count: 0,
+            log: Vec::new(),
+            compacted_through: 0,
+            events: broadcast::channel(1024).0,
+            network: Network::default(),
+            operator: flink_operator::Operator::new(operator.unwrap_or_default()),
+        }
     }
 
-    fn publish(&mut self, events: &broadcast::Sender<Event>, event: Event) {
-        self.log.push(event.clone());
-        // No subscriber is fine: nobody watches yet.
-        let _ = events.send(event);
+    fn get(&self, resource: &str, namespace: &str, name: &str) -> Option<&Value> {
+        self.objects
+            .get(resource)?
+            .get(&(namespace.to_string(), name.to_string()))
     }
 
-    fn relabel(
-        &mut self,
-        events: &broadcast::Sender<Event>,
-        key: &(String, String),
-        labels: Labels,
-    ) {
+    /// Every object of a resource, in order of namespace and name.
+    fn list(&self, resource: &str) -> impl Iterator<Item = &Value> {
+        self.objects
+            .get(resource)
+            .into_iter()
+            .flat_map(|o| o.values())
+    }
+
+    /// Stores `object` under a new resource version and tells the watches (ADDED or MODIFIED); an
+    /// object marked for deletion whose finalizers are all gone is removed instead (DELETED). An
+    /// object that did not change keeps its version and makes no event, as on a real API server.
+    fn write(&mut self, resource: &ResourceType, mut object: Value) -> Value {
+        if resource.custom {
+            // The API server drops nulls from custom resources (their schemas are not nullable).
+            prune_nulls(&mut object);
+        }
+        let key = key_of(&object);
+        let current = self.objects.get(resource.plural).and_then(|o| o.get(&key));
+        if let Some(current) = current {
+            object["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+            if *current == object {
+                return object;
+            }
+        }
+        let before = current.map(labels_of);
+        if !object["metadata"]["deletionTimestamp"].is_null() && finalizers(&object).is_empty() {
+            return self.remove(resource, &key).unwrap_or(object);
+        }
         self.resource_version += 1;
         let resource_version = self.resource_version;
-        let Some(pod) = self.pods.get_mut(key) else {
-            return;
-        };
-        let before = labels_of(pod);
-        pod["metadata"]["labels"] = json!(labels);
-        pod["metadata"]["resourceVersion"] = json!(resource_version.to_string());
-        let object = pod.clone();
-        self.publish(
-            events,
-            Event {
-                resource: "pods",
-                resource_version,
-                kind: "MODIFIED",
-                namespace: key.0.clone(),
-                before: Some(before),
-                after: Some(labels),
-                object,
+        object["metadata"]["resourceVersion"] = json!(resource_version.to_string());
+        self.objects
+            .entry(resource.plural)
+            .or_default()
+            .insert(key, object.clone());
+        self.publish(Event {
+            resource: resource.plural,
+            resource_version,
+            kind: if before.is_some() {
+                "MODIFIED"
+            } else {
+                "ADDED"
             },
-        );
+            before,
+            after: Some(labels_of(&object)),
+            object: object.clone(),
+        });
+        object
     }
+
+    /// Removes an object at once (DELETED), whatever its finalizers say.
+    fn remove(&mut self, resource: &ResourceType, key: &Key) -> Option<Value> {
+        let mut object = self.objects.get_mut(resource.plural)?.remove(key)?;
+        self.resource_version += 1;
+        let resource_version = self.resource_version;
+        object["metadata"]["resourceVersion"] = json!(resource_version.to_string());
+        self.publish(Event {
+            resource: resource.plural,
+            resource_version,
+            kind: "DELETED",
+            before: Some(labels_of(&object)),
+            after: None,
+            object: object.clone(),
+        });
+        Some(object)
+    }
+
+    fn publish(&mut self, event: Event) {
+        self.log.push(event.clone());
+        // No subscriber is fine: nobody watches yet.
+        let _ = self.events.send(event);
+    }
+}
+
+fn key_of(object: &Value) -> Key {
+    let text = |field: &str| {
+        object["metadata"][field]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    (text("namespace"), text("name"))
+}
+
+fn prune_nulls(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(prune_nulls);
+        }
+        Value::Array(items) => items.iter_mut().for_each(prune_nulls),
+        _ => {}
+    }
+}
+
+fn finalizers(object: &Value) -> Vec<String> {
+    object["metadata"]["finalizers"]
+        .as_array()
+        .map(|f| {
+            f.iter()
+                .filter_map(|f| f.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn to_labels(labels: &[(&str, &str)]) -> Labels {
@@ -317,8 +488,8 @@ fn to_labels(labels: &[(&str, &str)]) -> Labels {
         .collect()
 }
 
-fn labels_of(pod: &Value) -> Labels {
-    pod["metadata"]["labels"]
+fn labels_of(object: &Value) -> Labels {
+    object["metadata"]["labels"]
         .as_object()
         .map(|m| {
             m.iter()
@@ -328,8 +499,13 @@ fn labels_of(pod: &Value) -> Labels {
         .unwrap_or_default()
 }
 
-fn new_pod(namespace: &str, name: &str, labels: &Labels, rv: u64, ordinal: u32) -> Value {
-    let created = Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true);
+/// Now, as the API server writes metadata timestamps.
+fn timestamp() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn new_pod(namespace: &str, name: &str, labels: &Labels, ordinal: u32) -> Value {
+    let created = timestamp();
     let ip = format!("10.244.{}.{}", ordinal / 250, ordinal % 250 + 2);
     json!({
         "apiVersion": "v1",
@@ -337,8 +513,7 @@ fn new_pod(namespace: &str, name: &str, labels: &Labels, rv: u64, ordinal: u32) 
         "metadata": {
             "name": name,
             "namespace": namespace,
-            "uid": uuid_v4(),
-            "resourceVersion": rv.to_string(),
+            "uid": super::uuid_v4(),
             "labels": labels,
             "creationTimestamp": created,
         },
@@ -366,7 +541,7 @@ fn new_pod(namespace: &str, name: &str, labels: &Labels, rv: u64, ordinal: u32) 
 }
 
 // ---------------------------------------------------------------------------------------------
-// Label selectors
+// Label and field selectors
 
 enum Requirement {
     Equals(String, String),
@@ -412,6 +587,53 @@ impl Selector {
             Requirement::Exists(k) => labels.contains_key(k),
             Requirement::DoesNotExist(k) => !labels.contains_key(k),
         })
+    }
+}
+
+/// `labelSelector` and `fieldSelector` of a list or watch. Field selectors know `metadata.name`
+/// and `metadata.namespace`, which is what every resource supports (kubectl's `delete --wait` and
+/// kube-rs's single-object watches use the name).
+struct Filter {
+    labels: Selector,
+    fields: Selector,
+}
+
+impl Filter {
+    fn from_query(query: &[(String, String)]) -> Result<Filter, String> {
+        let labels = Selector::parse(query_value(query, "labelSelector").unwrap_or(""))?;
+        let fields = Selector::parse(query_value(query, "fieldSelector").unwrap_or(""))?;
+        for requirement in &fields.0 {
+            match requirement {
+                Requirement::Equals(k, _) | Requirement::NotEquals(k, _)
+                    if k == "metadata.name" || k == "metadata.namespace" => {}
+                Requirement::Equals(k, _) | Requirement::NotEquals(k, _) => {
+                    return Err(format!("field label not supported: {k}"));
+                }
+                _ => return Err("invalid field selector: only =, == and != are supported".into()),
+            }
+        }
+        Ok(Filter { labels, fields })
+    }
+
+    /// Narrows the filter to one object, as a watch on an object's own path does.
+    fn named(mut self, name: &str) -> Filter {
+        self.fields.0.push(Requirement::Equals(
+            "metadata.name".into(),
+            name.to_string(),
+        ));
+        self
+    }
+
+    fn matches(&self, object: &Value) -> bool {
+        self.matches_fields(object) && self.labels.matches(&labels_of(object))
+    }
+
+    fn matches_fields(&self, object: &Value) -> bool {
+        let (namespace, name) = key_of(object);
+        self.fields.matches(&Labels::from([
+            ("metadata.name".to_string(), name),
+            ("metadata.namespace".to_string(), namespace),
+        ]))
     }
 }
 
@@ -483,18 +705,28 @@ fn parse_requirement(part: &str) -> Result<Requirement, String> {
 // ---------------------------------------------------------------------------------------------
 // HTTP
 
+/// A `Status` failure as the API server sends it.
 fn status(code: StatusCode, reason: &str, message: &str) -> Response {
-    json_response(
-        code,
-        json!({
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": message,
-            "reason": reason,
-            "code": code.as_u16(),
-        }),
+    json_response(code, status_body(code, reason, message))
+}
+
+fn status_body(code: StatusCode, reason: &str, message: &str) -> Value {
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code.as_u16(),
+    })
+}
+
+fn not_found() -> Response {
+    status(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        "the server could not find the requested resource",
     )
 }
 
@@ -507,463 +739,294 @@ fn json_response(code: StatusCode, body: Value) -> Response {
         .into_response()
 }
 
-async fn handle(State(state): State<Arc<Shared>>, request: Request) -> Response {
-    let method = request.method().clone();
-    let path = request.uri().path().to_string();
-    let query = parse_query(request.uri().query());
-    let shown_query = query
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("&");
-    lock(&state.cluster)
-        .requests
-        .push(if shown_query.is_empty() {
-            format!("{method} {path}")
-        } else {
-            format!("{method} {path}?{shown_query}")
-        });
-    if let [
-        "apis",
-        "coordination.k8s.io",
-        "v1",
-        "namespaces",
-        namespace,
-        "leases",
-        rest @ ..,
-    ] = path
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
-        let (namespace, name) = (namespace.to_string(), rest.first().map(|n| n.to_string()));
-        if rest.len() > 1 {
-            return status(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                "the server could not find the requested resource",
-            );
-        }
-        // Held requests wait here, their connection open, until released.
-        let mut held = state.leases_held.subscribe();
-        let _ = held.wait_for(|on| !on).await;
-        let headers = request.headers().clone();
-        let body = match axum::body::to_bytes(request.into_body(), 1 << 20).await {
-            Ok(body) => body,
-            Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string()),
-        };
-        return leases(
-            &state,
-            &method,
-            &namespace,
-            name.as_deref(),
-            &query,
-            &headers,
-            &body,
-        );
-    }
-    if method != Method::GET {
-        return status(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
-            &format!("the server does not allow this method on the requested resource: {method}"),
-        );
-    }
+/// What a request path addresses.
+enum Target {
+    /// `/version`, `/api`, `/apis` and their groups and versions, and `/openapi/v3`.
+    Discovery(Vec<String>),
+    Resource {
+        resource: &'static ResourceType,
+        /// `None` across all namespaces.
+        namespace: Option<String>,
+        name: Option<String>,
+        subresource: Option<String>,
+    },
+    Unknown,
+}
+
+fn target(path: &str) -> Target {
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    match segments.as_slice() {
-        ["version"] => json_response(
-            StatusCode::OK,
-            json!({
-                "major": "1",
-                "minor": "32",
-                "gitVersion": "v1.32.0",
-                "gitCommit": "70d3cc986aa8221cd1dfb1121852688902d3bf53",
-                "gitTreeState": "clean",
-                "buildDate": "2024-12-11T17:59:15Z",
-                "goVersion": "go1.23.3",
-                "compiler": "gc",
-                "platform": "linux/amd64",
-            }),
-        ),
-        ["api"] => json_response(
-            StatusCode::OK,
-            json!({
-                "kind": "APIVersions",
-                "versions": ["v1"],
-                "serverAddressByClientCIDRs": [{
-                    "clientCIDR": "0.0.0.0/0",
-                    "serverAddress": request
-                        .headers()
-                        .get(header::HOST)
-                        .and_then(|h| h.to_str().ok())
-                        .unwrap_or_default(),
-                }],
-            }),
-        ),
-        ["api", "v1"] => json_response(
-            StatusCode::OK,
-            json!({
-                "kind": "APIResourceList",
-                "apiVersion": "v1",
-                "groupVersion": "v1",
-                "resources": [{
-                    "name": "pods",
-                    "singularName": "pod",
-                    "namespaced": true,
-                    "kind": "Pod",
-                    "verbs": ["get", "list", "watch"],
-                    "shortNames": ["po"],
-                    "categories": ["all"],
-                }],
-            }),
-        ),
-        ["apis"] => json_response(
-            StatusCode::OK,
-            json!({ "kind": "APIGroupList", "apiVersion": "v1", "groups": [coordination_group()] }),
-        ),
-        ["apis", "coordination.k8s.io"] => json_response(StatusCode::OK, {
-            let mut group = coordination_group();
-            group["kind"] = json!("APIGroup");
-            group["apiVersion"] = json!("v1");
-            group
-        }),
-        ["apis", "coordination.k8s.io", "v1"] => json_response(
-            StatusCode::OK,
-            json!({
-                "kind": "APIResourceList",
-                "apiVersion": "v1",
-                "groupVersion": "coordination.k8s.io/v1",
-                "resources": [{
-                    "name": "leases",
-                    "singularName": "lease",
-                    "namespaced": true,
-                    "kind": "Lease",
-                    "verbs": ["create", "get", "list", "update", "watch"],
-                }],
-            }),
-        ),
-        ["api", "v1", "pods"] => pods(&state, None, &query, request.headers()),
-        ["api", "v1", "namespaces", namespace, "pods"] => {
-            pods(&state, Some(namespace), &query, request.headers())
+    let (group, version, rest) = match segments.as_slice() {
+        ["api", "v1", rest @ ..] if !rest.is_empty() => ("", "v1", rest),
+        ["apis", group, version, rest @ ..] if !rest.is_empty() => (*group, *version, rest),
+        ["version"] | ["api", ..] | ["apis", ..] | ["openapi", "v3", ..] => {
+            return Target::Discovery(segments.iter().map(|s| s.to_string()).collect());
         }
-        ["api", "v1", "namespaces", namespace, "pods", name] => {
-            let cluster = lock(&state.cluster);
-            match cluster.pods.get(&(namespace.to_string(), name.to_string())) {
-                Some(pod) if wants_table(request.headers()) => json_response(
-                    StatusCode::OK,
-                    table(std::slice::from_ref(pod), cluster.resource_version, &query),
-                ),
-                Some(pod) => json_response(StatusCode::OK, pod.clone()),
-                None => status(
-                    StatusCode::NOT_FOUND,
-                    "NotFound",
-                    &format!("pods \"{name}\" not found"),
-                ),
-            }
-        }
-        _ => status(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "the server could not find the requested resource",
-        ),
+        _ => return Target::Unknown,
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", namespace, rest @ ..] if !rest.is_empty() => (Some(*namespace), rest),
+        rest => (None, rest),
+    };
+    let (plural, name, subresource) = match rest {
+        [plural] => (*plural, None, None),
+        [plural, name] => (*plural, Some(*name), None),
+        [plural, name, subresource] => (*plural, Some(*name), Some(*subresource)),
+        _ => return Target::Unknown,
+    };
+    match ResourceType::find(group, version, plural) {
+        // Objects have names only inside a namespace: every kind served here is namespaced.
+        Some(resource) if namespace.is_some() || name.is_none() => Target::Resource {
+            resource,
+            namespace: namespace.map(str::to_string),
+            name: name.map(str::to_string),
+            subresource: subresource.map(str::to_string),
+        },
+        _ => Target::Unknown,
     }
 }
 
-fn coordination_group() -> Value {
-    let version = json!({ "groupVersion": "coordination.k8s.io/v1", "version": "v1" });
-    json!({ "name": "coordination.k8s.io", "versions": [version], "preferredVersion": version })
+fn verb(method: &str, query: &[(String, String)], has_name: bool) -> &'static str {
+    let watch = matches!(query_value(query, "watch"), Some("true" | "1"));
+    match (method, has_name) {
+        ("GET", _) if watch => "watch",
+        ("GET", true) => "get",
+        ("GET", false) => "list",
+        ("POST", false) => "create",
+        ("PUT", true) => "update",
+        ("PATCH", true) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        _ => "",
+    }
 }
 
-/// `coordination.k8s.io/v1` Leases in one namespace: list and watch, get, create, replace.
-fn leases(
+fn api_request(recorded: &RecordedRequest) -> ApiRequest {
+    let query = parse_query(recorded.query.as_deref());
+    let (verb, resource, namespace, name) = match target(&recorded.path) {
+        Target::Resource {
+            resource,
+            namespace,
+            name,
+            subresource,
+        } => (
+            verb(&recorded.method, &query, name.is_some()),
+            match subresource {
+                Some(sub) => format!("{}/{sub}", resource.plural),
+                None => resource.plural.to_string(),
+            },
+            namespace,
+            name,
+        ),
+        _ => ("", String::new(), None, None),
+    };
+    ApiRequest {
+        method: recorded.method.clone(),
+        path: recorded.path.clone(),
+        query,
+        verb,
+        resource,
+        namespace,
+        name,
+        status: recorded.status,
+        lost: recorded.lost,
+        content_type: recorded.content_type.clone(),
+        body: recorded.body.clone(),
+    }
+}
+
+async fn handle(
+    State(state): State<Arc<Shared>>,
+    ConnectInfo(connection): ConnectInfo<Connection>,
+    request: Request,
+) -> Response {
+    let at = Instant::now();
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, MAX_BODY_BYTES).await;
+    let path = parts.uri.path().to_string();
+    let raw_query = parts.uri.query().map(str::to_string);
+    let (index, fault, latency) = {
+        let mut cluster = lock(&state.cluster);
+        let network = &mut cluster.network;
+        let fault = network.fault_for(parts.method.as_str(), &path);
+        network.requests.push(RecordedRequest {
+            method: parts.method.to_string(),
+            path: path.clone(),
+            query: raw_query.clone(),
+            status: 0,
+            lost: false,
+            fault,
+            at,
+            authorization: None,
+            content_type: parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            body: body
+                .as_ref()
+                .ok()
+                .and_then(|b| serde_json::from_slice(b).ok()),
+        });
+        (network.requests.len() - 1, fault, network.latency)
+    };
+    if fault == Some(Fault::DropBefore) {
+        connection.kill();
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let query = parse_query(raw_query.as_deref());
+    let response = match (fault, body) {
+        (Some(Fault::Status(code)), _) => {
+            let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            status(code, "InternalError", "injected")
+        }
+        (_, Err(_)) => status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!("request body larger than {MAX_BODY_BYTES} bytes"),
+        ),
+        (_, Ok(body)) => route(&state, &parts.method, &path, &query, &parts.headers, &body).await,
+    };
+    {
+        // Recorded before the answer is lost or delayed: the client may give up on a slow answer,
+        // and the server then drops this future without running the rest.
+        let mut cluster = lock(&state.cluster);
+        let recorded = &mut cluster.network.requests[index];
+        recorded.status = response.status().as_u16();
+        recorded.lost = fault == Some(Fault::LoseAfter);
+    }
+    match fault {
+        Some(Fault::LoseAfter) => {
+            connection.kill();
+            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+        }
+        Some(Fault::Slow(by)) => tokio::time::sleep(by).await,
+        _ => {}
+    }
+    response
+}
+
+async fn route(
     state: &Arc<Shared>,
     method: &Method,
-    namespace: &str,
-    name: Option<&str>,
+    path: &str,
     query: &[(String, String)],
     headers: &HeaderMap,
     body: &[u8],
 ) -> Response {
-    // A Lease body, or why it is not one (a 400's message).
-    let parse = || -> Result<Value, String> {
-        let value: Value =
-            serde_json::from_slice(body).map_err(|e| format!("invalid Lease: {e}"))?;
-        if value["kind"] != "Lease" || value["apiVersion"] != "coordination.k8s.io/v1" {
-            return Err("expected kind Lease, apiVersion coordination.k8s.io/v1".into());
+    match target(path) {
+        Target::Discovery(segments) if method == Method::GET => {
+            resources::discovery(&segments, headers).unwrap_or_else(not_found)
         }
-        Ok(value)
-    };
-    let key = |name: &str| (namespace.to_string(), name.to_string());
-    match (method.clone(), name) {
-        (Method::GET, None) => {
-            if matches!(query_value(query, "watch"), Some("true" | "1")) {
-                let selector =
-                    match Selector::parse(query_value(query, "labelSelector").unwrap_or("")) {
-                        Ok(selector) => selector,
-                        Err(message) => {
-                            return status(StatusCode::BAD_REQUEST, "BadRequest", &message);
-                        }
-                    };
-                return watch(state, "leases", Some(namespace), selector, query);
+        Target::Resource {
+            resource,
+            namespace,
+            name,
+            subresource,
+        } => {
+            if resource.plural == LEASES.plural {
+                // Held requests wait here, their connection open, until released.
+                let mut held = state.leases_held.subscribe();
+                let _ = held.wait_for(|on| !on).await;
             }
-            let cluster = lock(&state.cluster);
-            let items: Vec<Value> = cluster
-                .leases
-                .iter()
-                .filter(|((ns, _), _)| ns == namespace)
-                .map(|(_, lease)| lease.clone())
-                .collect();
-            if wants_table(headers) {
-                return json_response(
-                    StatusCode::OK,
-                    lease_table(&items, cluster.resource_version),
-                );
-            }
-            json_response(
-                StatusCode::OK,
-                json!({
-                    "kind": "LeaseList",
-                    "apiVersion": "coordination.k8s.io/v1",
-                    "metadata": { "resourceVersion": cluster.resource_version.to_string() },
-                    "items": items,
-                }),
-            )
-        }
-        (Method::GET, Some(name)) => {
-            let cluster = lock(&state.cluster);
-            match cluster.leases.get(&key(name)) {
-                Some(lease) if wants_table(headers) => json_response(
-                    StatusCode::OK,
-                    lease_table(std::slice::from_ref(lease), cluster.resource_version),
-                ),
-                Some(lease) => json_response(StatusCode::OK, lease.clone()),
-                None => lease_not_found(name),
-            }
-        }
-        (Method::POST, None) => {
-            let mut lease = match parse() {
-                Ok(lease) => lease,
-                Err(message) => return status(StatusCode::BAD_REQUEST, "BadRequest", &message),
+            let request = resources::ObjectRequest {
+                method,
+                resource,
+                namespace: namespace.as_deref(),
+                name: name.as_deref(),
+                subresource: subresource.as_deref(),
+                query,
+                headers,
+                body,
             };
-            let Some(name) = lease["metadata"]["name"].as_str().map(str::to_string) else {
-                return status(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "Invalid",
-                    "metadata.name: Required value",
-                );
-            };
-            let mut cluster = lock(&state.cluster);
-            if cluster.leases.contains_key(&key(&name)) {
-                return status(
-                    StatusCode::CONFLICT,
-                    "AlreadyExists",
-                    &format!("leases.coordination.k8s.io \"{name}\" already exists"),
-                );
-            }
-            cluster.resource_version += 1;
-            let rv = cluster.resource_version;
-            let metadata = &mut lease["metadata"];
-            metadata["namespace"] = json!(namespace);
-            metadata["uid"] = json!(uuid_v4());
-            metadata["resourceVersion"] = json!(rv.to_string());
-            metadata["creationTimestamp"] =
-                json!(Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true));
-            cluster.leases.insert(key(&name), lease.clone());
-            cluster.publish_lease(&state.events, "ADDED", namespace, &lease, rv);
-            json_response(StatusCode::CREATED, lease)
+            resources::serve(state, &request)
         }
-        (Method::PUT, Some(name)) => {
-            let mut lease = match parse() {
-                Ok(lease) => lease,
-                Err(message) => return status(StatusCode::BAD_REQUEST, "BadRequest", &message),
-            };
-            if lease["metadata"]["name"].as_str() != Some(name) {
-                return status(
-                    StatusCode::BAD_REQUEST,
-                    "BadRequest",
-                    "the name of the object does not match the name on the URL",
-                );
-            }
-            let mut cluster = lock(&state.cluster);
-            let Some(current) = cluster.leases.get(&key(name)) else {
-                return lease_not_found(name);
-            };
-            // The precondition: a write based on an older read loses. Without a resourceVersion
-            // the update is unconditional, as Kubernetes allows for Leases.
-            let sent = lease["metadata"]["resourceVersion"].as_str().unwrap_or("");
-            if !sent.is_empty() && Some(sent) != current["metadata"]["resourceVersion"].as_str() {
-                return status(
-                    StatusCode::CONFLICT,
-                    "Conflict",
-                    &format!(
-                        "Operation cannot be fulfilled on leases.coordination.k8s.io \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
-                    ),
-                );
-            }
-            for field in ["uid", "creationTimestamp"] {
-                lease["metadata"][field] = current["metadata"][field].clone();
-            }
-            cluster.resource_version += 1;
-            let rv = cluster.resource_version;
-            lease["metadata"]["namespace"] = json!(namespace);
-            lease["metadata"]["resourceVersion"] = json!(rv.to_string());
-            cluster.leases.insert(key(name), lease.clone());
-            cluster.publish_lease(&state.events, "MODIFIED", namespace, &lease, rv);
-            json_response(StatusCode::OK, lease)
-        }
-        _ => status(
+        Target::Discovery(_) => status(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
             &format!("the server does not allow this method on the requested resource: {method}"),
         ),
+        Target::Unknown => not_found(),
     }
 }
 
-fn lease_not_found(name: &str) -> Response {
-    status(
-        StatusCode::NOT_FOUND,
-        "NotFound",
-        &format!("leases.coordination.k8s.io \"{name}\" not found"),
-    )
-}
-
-/// A Table as the API server renders Leases for `kubectl get leases`: name, holder, age.
-fn lease_table(leases: &[Value], resource_version: u64) -> Value {
-    let now = Utc::now();
-    let rows: Vec<Value> = leases
-        .iter()
-        .map(|lease| {
-            let age = lease["metadata"]["creationTimestamp"]
-                .as_str()
-                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| human_age(now - t.with_timezone(&Utc)))
-                .unwrap_or_else(|| "<unknown>".to_string());
-            json!({
-                "cells": [lease["metadata"]["name"], lease["spec"]["holderIdentity"].as_str().unwrap_or(""), age],
-                "object": {
-                    "kind": "PartialObjectMetadata",
-                    "apiVersion": "meta.k8s.io/v1",
-                    "metadata": lease["metadata"],
-                },
-            })
-        })
-        .collect();
-    let column = |name: &str, format: &str, description: &str| json!({ "name": name, "type": "string", "format": format, "description": description, "priority": 0 });
-    json!({
-        "kind": "Table",
-        "apiVersion": "meta.k8s.io/v1",
-        "metadata": { "resourceVersion": resource_version.to_string() },
-        "columnDefinitions": [
-            column("Name", "name", "Name must be unique within a namespace."),
-            column("Holder", "", "holderIdentity contains the identity of the holder of a current lease."),
-            column("Age", "", "CreationTimestamp is a timestamp representing the server time when this object was created."),
-        ],
-        "rows": rows,
-    })
-}
-
-fn wants_table(headers: &HeaderMap) -> bool {
+fn accepts(headers: &HeaderMap, shape: &str) -> bool {
     headers
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|accept| accept.contains("as=Table"))
+        .any(|accept| accept.contains(shape))
 }
 
-fn pods(
-    state: &Arc<Shared>,
-    namespace: Option<&str>,
+/// `as=Table`: rows for `kubectl get`.
+fn wants_table(headers: &HeaderMap) -> bool {
+    accepts(headers, "as=Table")
+}
+
+/// `as=PartialObjectMetadata` or `as=PartialObjectMetadataList`: metadata only (kube-rs's
+/// `get_metadata`, `list_metadata`, `watch_metadata`).
+fn wants_metadata(headers: &HeaderMap) -> bool {
+    accepts(headers, "as=PartialObjectMetadata")
+}
+
+fn metadata_only(object: &Value) -> Value {
+    json!({
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": object["metadata"],
+    })
+}
+
+/// A `meta.k8s.io/v1` Table of `objects` with the columns of their resource, as the API server
+/// renders it for `kubectl get`.
+fn table(
+    resource: &ResourceType,
+    objects: &[Value],
+    resource_version: u64,
     query: &[(String, String)],
-    headers: &HeaderMap,
-) -> Response {
-    let selector = match Selector::parse(query_value(query, "labelSelector").unwrap_or("")) {
-        Ok(selector) => selector,
-        Err(message) => return status(StatusCode::BAD_REQUEST, "BadRequest", &message),
-    };
-    if matches!(query_value(query, "watch"), Some("true" | "1")) {
-        return watch(state, "pods", namespace, selector, query);
-    }
-    let cluster = lock(&state.cluster);
-    let items: Vec<Value> = cluster
-        .pods
-        .iter()
-        .filter(|((ns, _), _)| namespace.is_none_or(|n| n == ns))
-        .filter(|(_, pod)| selector.matches(&labels_of(pod)))
-        .map(|(_, pod)| pod.clone())
-        .collect();
-    if wants_table(headers) {
-        return json_response(
-            StatusCode::OK,
-            table(&items, cluster.resource_version, query),
-        );
-    }
-    json_response(
-        StatusCode::OK,
-        json!({
-            "kind": "PodList",
-            "apiVersion": "v1",
-            "metadata": { "resourceVersion": cluster.resource_version.to_string() },
-            "items": items,
-        }),
-    )
-}
-
-/// A `meta.k8s.io/v1` Table as the API server renders pods for `kubectl get`.
-fn table(pods: &[Value], resource_version: u64, query: &[(String, String)]) -> Value {
-    let column = |name: &str, format: &str, priority: u8, description: &str| {
-        json!({
-            "name": name, "type": "string", "format": format,
-            "description": description, "priority": priority,
-        })
-    };
+) -> Value {
     let include = query_value(query, "includeObject").unwrap_or("Metadata");
-    let now = Utc::now();
-    let rows: Vec<Value> = pods
+    let rows: Vec<Value> = objects
         .iter()
-        .map(|pod| {
-            let age = pod["metadata"]["creationTimestamp"]
-                .as_str()
-                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| human_age(now - t.with_timezone(&Utc)))
-                .unwrap_or_else(|| "<unknown>".to_string());
-            let mut row = json!({
-                "cells": [
-                    pod["metadata"]["name"], "1/1", "Running", "0", age,
-                    pod["status"]["podIP"], pod["spec"]["nodeName"], "<none>", "<none>",
-                ],
-            });
+        .map(|object| {
+            let cells: Vec<Value> = resource.columns.iter().map(|c| (c.cell)(object)).collect();
+            let mut row = json!({ "cells": cells });
             match include {
                 "None" => {}
-                "Object" => row["object"] = pod.clone(),
-                _ => {
-                    row["object"] = json!({
-                        "kind": "PartialObjectMetadata",
-                        "apiVersion": "meta.k8s.io/v1",
-                        "metadata": pod["metadata"],
-                    })
-                }
+                "Object" => row["object"] = object.clone(),
+                _ => row["object"] = metadata_only(object),
             }
             row
+        })
+        .collect();
+    let columns: Vec<Value> = resource
+        .columns
+        .iter()
+        .map(|c| {
+            json!({
+                "name": c.name, "type": "string", "format": c.format,
+                "description": c.description, "priority": c.priority,
+            })
         })
         .collect();
     json!({
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
         "metadata": { "resourceVersion": resource_version.to_string() },
-        "columnDefinitions": [
-            column("Name", "name", 0, "Name must be unique within a namespace."),
-            column("Ready", "", 0, "The aggregate readiness state of this pod for accepting traffic."),
-            column("Status", "", 0, "The aggregate status of the containers in this pod."),
-            column("Restarts", "", 0, "The number of times the containers in this pod have been restarted."),
-            column("Age", "", 0, "CreationTimestamp is a timestamp representing the server time when this object was created."),
-            column("IP", "", 1, "IP address allocated to the pod."),
-            column("Node", "", 1, "NodeName is a request to schedule this pod onto a specific node."),
-            column("Nominated Node", "", 1, "nominatedNodeName is set only when this pod preempts other pods on the node."),
-            column("Readiness Gates", "", 1, "If specified, all readiness gates will be evaluated for pod readiness."),
-        ],
+        "columnDefinitions": columns,
         "rows": rows,
     })
+}
+
+/// How long ago `object` was created, as `kubectl` shows an age.
+fn age_of(object: &Value) -> String {
+    object["metadata"]["creationTimestamp"]
+        .as_str()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| human_age(Utc::now() - t.with_timezone(&Utc)))
+        .unwrap_or_else(|| "<unknown>".to_string())
 }
 
 fn human_age(age: chrono::Duration) -> String {
@@ -976,6 +1039,9 @@ fn human_age(age: chrono::Duration) -> String {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Watches
+
 /// One line of a watch stream as the API server writes it.
 fn watch_line(kind: &str, object: &Value) -> Bytes {
     let mut line = json!({ "type": kind, "object": object }).to_string();
@@ -983,62 +1049,59 @@ fn watch_line(kind: &str, object: &Value) -> Bytes {
     Bytes::from(line)
 }
 
-fn bookmark(resource: &str, resource_version: u64, initial_events_end: bool) -> Bytes {
+fn bookmark(resource: &ResourceType, resource_version: u64, initial_events_end: bool) -> Bytes {
     let mut metadata = json!({ "resourceVersion": resource_version.to_string() });
     if initial_events_end {
         metadata["annotations"] = json!({ "k8s.io/initial-events-end": "true" });
     }
     watch_line(
         "BOOKMARK",
-        &if resource == "leases" {
-            json!({ "kind": "Lease", "apiVersion": "coordination.k8s.io/v1", "metadata": metadata })
-        } else {
-            json!({ "kind": "Pod", "apiVersion": "v1", "metadata": metadata })
-        },
+        &json!({ "kind": resource.kind, "apiVersion": resource.api_version(), "metadata": metadata }),
     )
 }
 
 fn gone(message: &str) -> Bytes {
-    watch_line(
-        "ERROR",
-        &json!({
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": message,
-            "reason": "Expired",
-            "code": 410,
-        }),
-    )
+    watch_line("ERROR", &status_body(StatusCode::GONE, "Expired", message))
 }
 
-/// What a watch with this namespace and selector sees of an event, if anything.
+/// What a watch of this resource, namespace and filter sees of an event, if anything: ADDED,
+/// MODIFIED or DELETED.
 fn project(
     event: &Event,
     resource: &str,
     namespace: Option<&str>,
-    selector: &Selector,
-) -> Option<Bytes> {
-    if event.resource != resource || namespace.is_some_and(|n| n != event.namespace) {
+    filter: &Filter,
+) -> Option<&'static str> {
+    if event.resource != resource
+        || namespace.is_some_and(|n| n != key_of(&event.object).0)
+        || !filter.matches_fields(&event.object)
+    {
         return None;
     }
-    let before = event.before.as_ref().is_some_and(|l| selector.matches(l));
-    let after = event.after.as_ref().is_some_and(|l| selector.matches(l));
+    let before = event
+        .before
+        .as_ref()
+        .is_some_and(|l| filter.labels.matches(l));
+    let after = event
+        .after
+        .as_ref()
+        .is_some_and(|l| filter.labels.matches(l));
     let kind = match (before, after) {
         (false, false) => return None,
         (false, true) => "ADDED",
         (true, false) => "DELETED",
         (true, true) => event.kind,
     };
-    Some(watch_line(kind, &event.object))
+    Some(kind)
 }
 
 fn watch(
     state: &Arc<Shared>,
-    resource: &'static str,
+    resource: &'static ResourceType,
     namespace: Option<&str>,
-    selector: Selector,
+    filter: Filter,
+    // The objects as sent: whole, or their metadata alone.
+    shape: fn(&Value) -> Value,
     query: &[(String, String)],
 ) -> Response {
     let bookmarks = query_value(query, "allowWatchBookmarks") == Some("true");
@@ -1064,7 +1127,7 @@ fn watch(
     let mut backlog = Vec::new();
     let (mut receiver, mut seen) = {
         let cluster = lock(&state.cluster);
-        let receiver = state.events.subscribe();
+        let receiver = cluster.events.subscribe();
         match requested {
             Some(rv) if !initial_events => {
                 if rv < cluster.compacted_through {
@@ -1079,23 +1142,21 @@ fn watch(
                         .log
                         .iter()
                         .filter(|e| e.resource_version > rv)
-                        .filter_map(|e| project(e, resource, namespace.as_deref(), &selector)),
+                        .filter_map(|e| {
+                            project(e, resource.plural, namespace.as_deref(), &filter)
+                                .map(|kind| watch_line(kind, &shape(&e.object)))
+                        }),
                 );
             }
             // Without a resource version (or with "0", or for a streaming list), a watch starts
             // with the current state as synthetic ADDED events.
             _ => {
-                let objects = if resource == "leases" {
-                    &cluster.leases
-                } else {
-                    &cluster.pods
-                };
                 backlog.extend(
-                    objects
-                        .iter()
-                        .filter(|((ns, _), _)| namespace.as_deref().is_none_or(|n| n == ns))
-                        .filter(|(_, pod)| selector.matches(&labels_of(pod)))
-                        .map(|(_, pod)| watch_line("ADDED", pod)),
+                    cluster
+                        .list(resource.plural)
+                        .filter(|o| namespace.as_deref().is_none_or(|n| n == key_of(o).0))
+                        .filter(|o| filter.matches(o))
+                        .map(|o| watch_line("ADDED", &shape(o))),
                 );
             }
         }
@@ -1130,8 +1191,8 @@ fn watch(
                 event = receiver.recv() => match event {
                     Ok(event) if event.resource_version > seen => {
                         seen = event.resource_version;
-                        match project(&event, resource, namespace.as_deref(), &selector) {
-                            Some(line) => line,
+                        match project(&event, resource.plural, namespace.as_deref(), &filter) {
+                            Some(kind) => watch_line(kind, &shape(&event.object)),
                             None => continue,
                         }
                     }

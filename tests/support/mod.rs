@@ -7,9 +7,13 @@
 //! - `cmf_sim`: Confluent Manager for Apache Flink (savepoints of applications and statements), with
 //!   its unhappy paths (409 on a duplicate name, small pages, FAILED and ABANDONED savepoints, 503,
 //!   deletions pending while the job is down, the bearer token).
-//! - `unreliable`: the network faults and request record every simulator shares.
+//! - `unreliable`: the network faults and request record every simulator shares (the Kubernetes fake
+//!   included).
 //! - `kube_fake`: a Kubernetes API server small enough to read, big enough for kube-rs list/watch and
-//!   for the real `kubectl`.
+//!   for the real `kubectl`: pods, Leases, and the Flink Kubernetes Operator's custom resources
+//!   (`kube_fake/resources.rs`, FlinkDeployment, FlinkSessionJob, FlinkStateSnapshot with finalizers
+//!   and the status subresource), with a simulation of the operator's snapshot controller that
+//!   triggers, completes, fails, abandons and disposes of snapshots (`kube_fake/flink_operator.rs`).
 //! - `flink`: not a fake: a real Apache Flink session cluster, started through `scripts/flink_harness.py`.
 
 pub mod cmf_sim;

@@ -2,7 +2,8 @@
 //! is handled (a dropped connection, a 5xx) or after it took effect (an answer lost to a reset, or later
 //! than the client waits), asked for one by one or drawn from a seeded plan, and a record of every
 //! request. A simulator implements [`Simulated`] (its routes and its error format) and is served by
-//! [`serve`].
+//! [`serve`]; the Kubernetes fake, whose watches stream, serves itself through [`DroppableListener`]
+//! and draws its faults from the same [`Network`].
 //!
 //! The faults after handling are the ones a client cannot tell from the ones before, and must not
 //! resend blindly.
@@ -49,6 +50,7 @@ pub struct RecordedRequest {
     /// When the request arrived.
     pub at: Instant,
     pub authorization: Option<String>,
+    pub content_type: Option<String>,
     /// The request body when it was JSON.
     pub body: Option<Value>,
 }
@@ -134,9 +136,11 @@ impl FaultCounts {
     }
 }
 
-/// Faults asked for one by one: the next `remaining` requests (of `method`, when set).
+/// Faults asked for one by one: the next `remaining` requests (of `method`, and to a path containing
+/// `path`, when set).
 struct NextFaults {
     method: Option<String>,
+    path: Option<String>,
     remaining: usize,
     fault: Fault,
 }
@@ -185,11 +189,18 @@ impl Network {
 
     /// The next `n` requests (of `method`, when set) meet `fault`.
     pub fn next(&mut self, method: Option<&str>, n: usize, fault: Fault) {
+        self.next_to(method, None, n, fault);
+    }
+
+    /// The next `n` requests of `method` (when set) to a path that contains `path` (when set) meet
+    /// `fault`: one resource's requests on a server that serves several.
+    pub fn next_to(&mut self, method: Option<&str>, path: Option<&str>, n: usize, fault: Fault) {
         if n == 0 {
             return;
         }
         self.next_faults.push(NextFaults {
             method: method.map(str::to_ascii_uppercase),
+            path: path.map(str::to_string),
             remaining: n,
             fault,
         });
@@ -219,17 +230,16 @@ impl Network {
 
     /// The fault for a request that just arrived: those asked for one by one come first (drops, then
     /// statuses, then lost and late answers in the order they were asked for), then the plan's draw.
-    fn fault_for(&mut self, method: &str) -> Option<Fault> {
+    pub(crate) fn fault_for(&mut self, method: &str, path: &str) -> Option<Fault> {
         let fault = if self.drop_next > 0 {
             self.drop_next -= 1;
             Some(Fault::DropBefore)
         } else if let Some(status) = self.fail_next.pop_front() {
             Some(Fault::Status(status))
-        } else if let Some(next) = self
-            .next_faults
-            .iter_mut()
-            .find(|f| f.method.as_deref().is_none_or(|m| m == method))
-        {
+        } else if let Some(next) = self.next_faults.iter_mut().find(|f| {
+            f.method.as_deref().is_none_or(|m| m == method)
+                && f.path.as_deref().is_none_or(|p| path.contains(p))
+        }) {
             next.remaining -= 1;
             let fault = next.fault;
             self.next_faults.retain(|f| f.remaining > 0);
@@ -295,12 +305,17 @@ async fn handle<S: Simulated>(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let path = parts.uri.path().to_string();
     let raw_query = parts.uri.query().map(str::to_string);
     let (index, fault, latency) = {
         let mut sim = lock(&state);
         let network = sim.network();
-        let fault = network.fault_for(parts.method.as_str());
+        let fault = network.fault_for(parts.method.as_str(), &path);
         network.requests.push(RecordedRequest {
             method: parts.method.to_string(),
             path: path.clone(),
@@ -310,6 +325,7 @@ async fn handle<S: Simulated>(
             fault,
             at,
             authorization: authorization.clone(),
+            content_type,
             body: body
                 .as_ref()
                 .ok()
@@ -371,16 +387,19 @@ async fn handle<S: Simulated>(
 }
 
 /// A TCP listener whose connections can be cut by the request handler, so that "no answer at all"
-/// can be simulated for one request even on a kept-alive connection.
-struct DroppableListener(TcpListener);
+/// can be simulated for one request even on a kept-alive connection. Served with
+/// `into_make_service_with_connect_info::<Connection>()`, a handler finds its connection in
+/// `ConnectInfo<Connection>`.
+pub(crate) struct DroppableListener(pub(crate) TcpListener);
 
 #[derive(Clone, Debug)]
-struct Connection {
+pub(crate) struct Connection {
     killed: Arc<AtomicBool>,
 }
 
 impl Connection {
-    fn kill(&self) {
+    /// Cuts the connection: nothing more is read from it or written to it.
+    pub(crate) fn kill(&self) {
         self.killed.store(true, Ordering::SeqCst);
     }
 }
@@ -424,7 +443,7 @@ impl Listener for DroppableListener {
 
 /// Once killed, every read and write fails, so the HTTP server gives up on the connection
 /// without writing a byte of the response.
-struct DroppableStream {
+pub(crate) struct DroppableStream {
     inner: TcpStream,
     killed: Arc<AtomicBool>,
 }
