@@ -111,6 +111,9 @@ impl std::fmt::Display for Skip {
 pub enum Failure {
     #[error("savepoint {id} failed: {message}")]
     Failed { id: String, message: String },
+    /// Given up by the platform because the job stopped under it (CMF, the Flink Kubernetes Operator).
+    #[error("savepoint {id} was ABANDONED: the job stopped under it ({message})")]
+    Abandoned { id: String, message: String },
     #[error("savepoint {id} did not finish within {timeout:?}; it is left to the platform")]
     Timeout { id: String, timeout: Duration },
     #[error("savepoint {id} disappeared while it was followed")]
@@ -124,8 +127,9 @@ pub enum Failure {
 impl Failure {
     /// Every reason `savepoint_failure_total` is counted under: [`Failure::category`]'s values and
     /// `stuck` (a savepoint in flight past the timeout), so each series exists at 0 from the start.
-    pub const CATEGORIES: [&'static str; 7] = [
+    pub const CATEGORIES: [&'static str; 8] = [
         "failed",
+        "abandoned",
         "timeout",
         "vanished",
         "rejected",
@@ -138,6 +142,7 @@ impl Failure {
     pub fn category(&self) -> &'static str {
         match self {
             Failure::Failed { .. } => "failed",
+            Failure::Abandoned { .. } => "abandoned",
             Failure::Timeout { .. } => "timeout",
             Failure::Vanished { .. } => "vanished",
             Failure::Platform(e) if e.status().is_some_and(|s| (400..500).contains(&s)) => {
@@ -149,14 +154,15 @@ impl Failure {
     }
 
     /// Whether another attempt may help: a savepoint that failed or vanished, or a request that never
-    /// reached the platform. Not a rejection (4xx), and not a timeout: that savepoint is still in flight.
+    /// reached the platform. Not a rejection (4xx), not a timeout (that savepoint is still in flight),
+    /// and not an abandoned savepoint: its job stopped, and the next slot finds out whether it runs again.
     fn is_retryable(&self) -> bool {
         match self {
             Failure::Failed { .. } | Failure::Vanished { .. } => true,
             // A 409 to a trigger whose name is taken by something other than the slot's savepoint:
             // the next attempt has a name of its own.
             Failure::Platform(e) => e.status().is_none_or(|s| s >= 500 || s == 409),
-            Failure::Timeout { .. } | Failure::Shutdown => false,
+            Failure::Timeout { .. } | Failure::Shutdown | Failure::Abandoned { .. } => false,
         }
     }
 }
@@ -656,9 +662,11 @@ async fn follow_held(
                     .failure
                     .clone()
                     .unwrap_or_else(|| format!("{} without a failure message", savepoint.state));
-                return Err(Failure::Failed {
-                    id: savepoint.id.clone(),
-                    message,
+                let id = savepoint.id.clone();
+                return Err(if savepoint.state == State::Abandoned {
+                    Failure::Abandoned { id, message }
+                } else {
+                    Failure::Failed { id, message }
                 });
             }
             State::PendingDeletion | State::Deleting | State::FailedDeletion => {
@@ -1078,6 +1086,10 @@ mod tests {
         assert_eq!(seen, Skip::CATEGORIES);
         let failures = [
             Failure::Failed {
+                id: String::new(),
+                message: String::new(),
+            },
+            Failure::Abandoned {
                 id: String::new(),
                 message: String::new(),
             },
