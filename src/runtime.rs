@@ -63,9 +63,10 @@ impl Runtime {
         metrics: Metrics,
         shutdown: &CancellationToken,
     ) -> Result<(Runtime, Watchers)> {
-        let kube_client = match config.needs_kubernetes() {
-            true => Some(kube_client_for(config).await?),
-            false => None,
+        let kube_client = if config.needs_kubernetes() {
+            Some(kube_client_for(config).await?)
+        } else {
+            None
         };
         let mut watchers: Watchers = Vec::new();
         let mut pod_indexes = Vec::new();

@@ -1,5 +1,6 @@
-//! Platforms: one trait, one implementation per API (`vvp.rs`, `flink/`, `cmf.rs`, `operator.rs`), the HTTP plumbing they share
-//! (`http.rs`), and how a configured platform becomes a client. A wire format lives in its own module only.
+//! Platforms: one trait, one implementation per API (`vvp.rs`, `flink/`, `cmf.rs`, `operator.rs`), the
+//! HTTP plumbing they share (`http.rs`), the one listing per tick their resolves share (`shared.rs`), and
+//! how a configured platform becomes a client. A wire format lives in its own module only.
 
 pub mod cmf;
 pub mod flink;
