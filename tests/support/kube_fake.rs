@@ -17,13 +17,13 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, watch as signal};
 use tokio::task::JoinHandle;
 
-use super::{lock, parse_query, query_value, uuid_v4};
+use super::{lock, loopback_listener, parse_query, query_value, uuid_v4};
 
 type Labels = BTreeMap<String, String>;
 
@@ -45,9 +45,7 @@ impl Drop for KubeFake {
 
 impl KubeFake {
     pub async fn start() -> KubeFake {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the fake Kubernetes API server to 127.0.0.1:0");
+        let listener = loopback_listener();
         let addr = listener
             .local_addr()
             .expect("local address of the fake Kubernetes API server");
@@ -58,6 +56,12 @@ impl KubeFake {
             leases_held: signal::channel(false).0,
         });
         let app = Router::new().fallback(handle).with_state(state.clone());
+        // Nagle off, as on a real API server: a watch writes an event at a time, and with Nagle on each
+        // event that follows another closely waits for the client's delayed ACK of the one before (up to
+        // 40 ms on Linux).
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
