@@ -189,6 +189,16 @@ impl VvpSim {
         lock(&self.state).network.requests.clone()
     }
 
+    /// `triggers().len()` without copying them, for a caller that polls while thousands accumulate.
+    pub fn trigger_count(&self) -> usize {
+        lock(&self.state).triggers.len()
+    }
+
+    /// `requests().len()` without copying them, for a caller that polls while thousands accumulate.
+    pub fn request_count(&self) -> usize {
+        lock(&self.state).network.requests.len()
+    }
+
     /// The next `n` requests are answered `status` with `{"message":"injected"}`, touching nothing.
     pub fn fail_next(&self, n: usize, status: u16) {
         lock(&self.state).network.fail_next(n, status);
