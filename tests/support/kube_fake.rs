@@ -35,13 +35,12 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 use tokio::sync::{Notify, broadcast, mpsc, watch as signal};
 use tokio::task::JoinHandle;
 
 use super::unreliable::{Connection, DroppableListener};
 pub use super::unreliable::{Fault, Network, RecordedRequest};
-use super::{lock, parse_query, query_value};
+use super::{lock, loopback_listener, parse_query, query_value};
 
 mod flink_operator;
 mod resources;
@@ -125,9 +124,7 @@ impl KubeFake {
     }
 
     pub async fn start_with(options: KubeFakeOptions) -> KubeFake {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the fake Kubernetes API server to 127.0.0.1:0");
+        let listener = loopback_listener();
         let addr = listener
             .local_addr()
             .expect("local address of the fake Kubernetes API server");
@@ -137,6 +134,9 @@ impl KubeFake {
             wake: Notify::new(),
         });
         let app = Router::new().fallback(handle).with_state(state.clone());
+        // DroppableListener turns Nagle off on every connection, as a real API server does: a watch
+        // writes an event at a time, and each event that follows another closely would otherwise wait
+        // for the client's delayed ACK of the one before (up to 40 ms on Linux).
         let server = tokio::spawn(async move {
             let _ = axum::serve(
                 DroppableListener(listener),

@@ -61,6 +61,20 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A listener on a free loopback port, with an accept queue of 1,024 connections.
+///
+/// `TcpListener::bind` asks the kernel for 128 (mio ≥ 1.1 follows the standard library): a daemon with a
+/// `maxConcurrent` in the hundreds opens that many connections at once, the queue overflows, and each
+/// dropped handshake costs the client a SYN retransmission, 1 s and more. That would be a delay of the
+/// fake, charged to the client under test. (The kernel caps the value at `net.core.somaxconn`.)
+pub(crate) fn loopback_listener() -> tokio::net::TcpListener {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+    socket
+        .bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind 127.0.0.1:0");
+    socket.listen(1024).expect("listen on 127.0.0.1")
+}
+
 /// 64 random bits; the per-process random keys of `RandomState` spare a dependency on a RNG crate,
 /// and the counter keeps two calls from ever colliding within a process.
 pub(crate) fn random_u64() -> u64 {

@@ -28,7 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use super::{SplitMix64, lock, parse_query, query_value};
+use super::{SplitMix64, lock, loopback_listener, parse_query, query_value};
 
 /// Requests larger than this are answered 400 rather than buffered.
 const MAX_BODY_BYTES: usize = 1 << 20;
@@ -277,9 +277,7 @@ pub trait Simulated: Send + 'static {
 
 /// Serves `state` on a free loopback port: `http://127.0.0.1:PORT` and the server task.
 pub async fn serve<S: Simulated>(state: Arc<Mutex<S>>) -> (String, JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind a simulator to 127.0.0.1:0");
+    let listener = loopback_listener();
     let addr = listener.local_addr().expect("local address of a simulator");
     let app = Router::new().fallback(handle::<S>).with_state(state);
     let server = tokio::spawn(async move {
@@ -418,6 +416,10 @@ impl Listener for DroppableListener {
         loop {
             match self.0.accept().await {
                 Ok((stream, peer)) => {
+                    // Nagle off, as on a production server: with it on, a reply that leaves in more than
+                    // one write holds back the rest until the client acknowledges the first part, which
+                    // Linux clients delay by up to 40 ms on a kept-alive connection.
+                    let _ = stream.set_nodelay(true);
                     let connection = Connection {
                         killed: Arc::new(AtomicBool::new(false)),
                     };

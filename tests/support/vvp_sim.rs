@@ -166,10 +166,16 @@ impl VvpSim {
             .entry("namespace")
             .or_insert_with(|| json!(namespace));
         sim.advance();
-        sim.entries.push(Entry {
-            resource: Value::Object(resource),
-            pending: None,
-        });
+        sim.entries.push(Entry::new(Value::Object(resource), None));
+    }
+
+    /// Forgets every savepoint, those in flight included, as if the platform had never had one; the
+    /// deployments, the request log and the record of triggers stay. A benchmark starts each run from
+    /// the same history this way.
+    pub fn forget_savepoints(&self) {
+        let mut sim = lock(&self.state);
+        sim.entries.clear();
+        sim.started_now = 0;
     }
 
     /// The savepoint resources as a GET would show them now.
@@ -187,6 +193,16 @@ impl VvpSim {
     /// Every request received, in order of arrival, rejected ones included.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         lock(&self.state).network.requests.clone()
+    }
+
+    /// `triggers().len()` without copying them, for a caller that polls while thousands accumulate.
+    pub fn trigger_count(&self) -> usize {
+        lock(&self.state).triggers.len()
+    }
+
+    /// `requests().len()` without copying them, for a caller that polls while thousands accumulate.
+    pub fn request_count(&self) -> usize {
+        lock(&self.state).network.requests.len()
     }
 
     /// The next `n` requests are answered `status` with `{"message":"injected"}`, touching nothing.
@@ -287,7 +303,7 @@ impl VvpSim {
         let now_utc = Utc::now();
         for entry in &mut sim.entries {
             if let Some(Pending::Trigger { due, due_at }) = &mut entry.pending
-                && str_at(&entry.resource, &["metadata", "deploymentId"]) == Some(deployment_id)
+                && entry.deployment_id == deployment_id
                 && *due < now
             {
                 *due = now;
@@ -384,6 +400,24 @@ enum Pending {
 struct Entry {
     resource: Value,
     pending: Option<Pending>,
+    /// `metadata.id` and `metadata.deploymentId` of `resource`, which never change: a lookup by either
+    /// compares strings instead of walking the JSON of every savepoint, so that a long history does
+    /// not make the simulator, which answers one request at a time, slower than the platform.
+    id: String,
+    deployment_id: String,
+}
+
+impl Entry {
+    fn new(resource: Value, pending: Option<Pending>) -> Entry {
+        Entry {
+            id: savepoint_id(&resource).to_string(),
+            deployment_id: str_at(&resource, &["metadata", "deploymentId"])
+                .unwrap_or("")
+                .to_string(),
+            resource,
+            pending,
+        }
+    }
 }
 
 struct Sim {
@@ -521,9 +555,7 @@ impl Sim {
                 index += 1;
                 continue;
             }
-            let deployment_id = str_at(&entry.resource, &["metadata", "deploymentId"])
-                .unwrap_or("")
-                .to_string();
+            let deployment_id = entry.deployment_id.clone();
             match &entry.pending {
                 Some(Pending::Trigger { due, due_at })
                     if now >= *due && !self.held.contains(&deployment_id) =>
@@ -576,10 +608,8 @@ impl Sim {
         let items = self
             .entries
             .iter()
+            .filter(|e| deployment_id.is_none_or(|id| e.deployment_id == id))
             .map(|e| &e.resource)
-            .filter(|r| {
-                deployment_id.is_none_or(|id| str_at(r, &["metadata", "deploymentId"]) == Some(id))
-            })
             .filter(|r| job_id.is_none_or(|id| str_at(r, &["metadata", "jobId"]) == Some(id)))
             .cloned()
             .collect();
@@ -587,11 +617,7 @@ impl Sim {
     }
 
     fn get_savepoint(&self, id: &str) -> Answer {
-        match self
-            .entries
-            .iter()
-            .find(|e| savepoint_id(&e.resource) == id)
-        {
+        match self.entries.iter().find(|e| e.id == id) {
             Some(entry) => (StatusCode::OK, entry.resource.clone()),
             None => message(
                 StatusCode::NOT_FOUND,
@@ -662,13 +688,13 @@ impl Sim {
                 });
                 let complete_after =
                     chrono::Duration::from_std(self.complete_after).unwrap_or_default();
-                self.entries.push(Entry {
-                    resource: resource.clone(),
-                    pending: Some(Pending::Trigger {
+                self.entries.push(Entry::new(
+                    resource.clone(),
+                    Some(Pending::Trigger {
                         due: Instant::now() + self.complete_after,
                         due_at: now_utc + complete_after,
                     }),
-                });
+                ));
                 self.started_now += 1;
                 self.max_started = self.max_started.max(self.started_now);
                 self.triggers.push(resource.clone());
@@ -714,10 +740,7 @@ impl Sim {
                     "spec": new_spec,
                     "status": { "state": "COMPLETED" },
                 });
-                self.entries.push(Entry {
-                    resource: resource.clone(),
-                    pending: None,
-                });
+                self.entries.push(Entry::new(resource.clone(), None));
                 (StatusCode::CREATED, resource)
             }
         }
@@ -734,11 +757,7 @@ impl Sim {
                 );
             }
         };
-        let Some(target) = self
-            .entries
-            .iter()
-            .position(|e| savepoint_id(&e.resource) == id)
-        else {
+        let Some(target) = self.entries.iter().position(|e| e.id == id) else {
             return message(
                 StatusCode::NOT_FOUND,
                 format!("Savepoint '{id}' does not exist"),
