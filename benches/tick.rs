@@ -84,7 +84,10 @@ impl World {
 
     fn spawn(&self, config: &std::path::Path) -> Child {
         let log = std::fs::File::create(self.dir.path().join("daemon.log")).unwrap();
-        Command::new(env!("CARGO_BIN_EXE_savepointd"))
+        // BENCH_BIN measures another build of the daemon against the same fakes (before and after).
+        let bin =
+            std::env::var("BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_savepointd").into());
+        Command::new(bin)
             .args([
                 "run",
                 "--config",

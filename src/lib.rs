@@ -35,12 +35,10 @@
 //! - [`metrics`]: the Prometheus metric set; [`server`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`commands`]: what the CLI subcommands print (`check-config`, `status`, `resolve`, `once`, `prune`).
 //! - [`shutdown`]: SIGTERM / SIGINT.
-//! - [`memory`]: fewer malloc arenas and trims, so the idle daemon gives back the startup burst.
 
 pub mod commands;
 pub mod config;
 pub mod leader;
-pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod platform;
@@ -180,14 +178,7 @@ pub async fn run_on(
             Ok::<(), Error>(())
         }
     };
-    let trim = {
-        let token = token.clone();
-        async move {
-            memory::trim_periodically(token).await;
-            Ok::<(), Error>(())
-        }
-    };
-    tokio::try_join!(server, scheduler, signal, watchers, probes, trim)?;
+    tokio::try_join!(server, scheduler, signal, watchers, probes)?;
     tracing::info!("savepointd stopped");
     Ok(())
 }

@@ -90,7 +90,6 @@ fn main() -> ExitCode {
         print!("{}", commands::check_config(&config, chrono::Utc::now()));
         return ExitCode::SUCCESS;
     }
-    savepointd::memory::limit_arenas();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

@@ -6,7 +6,6 @@
 //! `blackout`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -23,10 +22,8 @@ use crate::schedule::{self, Opening};
 /// the next start adopts it).
 pub async fn run(apps: Vec<Arc<App>>, shutdown: CancellationToken, grace: Duration) {
     let mut loops = JoinSet::new();
-    // The loops still recovering; the last one gives the startup burst's memory back.
-    let recovering = Arc::new(AtomicUsize::new(apps.len()));
     for app in apps {
-        loops.spawn(application_loop(app, shutdown.clone(), recovering.clone()));
+        loops.spawn(application_loop(app, shutdown.clone()));
     }
     shutdown.cancelled().await;
     let drained = tokio::time::timeout(grace, async {
@@ -46,11 +43,7 @@ pub async fn run(apps: Vec<Arc<App>>, shutdown: CancellationToken, grace: Durati
     }
 }
 
-async fn application_loop(
-    app: Arc<App>,
-    shutdown: CancellationToken,
-    recovering: Arc<AtomicUsize>,
-) {
+async fn application_loop(app: Arc<App>, shutdown: CancellationToken) {
     let config = &app.config;
     let (schedule, tz) = (&config.schedule, config.timezone);
     let windows = &config.blackout_windows;
@@ -60,9 +53,6 @@ async fn application_loop(
     // Runs are boxed: a thousand loops sleep between slots, and each would otherwise carry the largest
     // state of a run (its HTTP futures) inline while it sleeps.
     Box::pin(runner::recover(&app)).await;
-    if recovering.fetch_sub(1, Ordering::AcqRel) == 1 {
-        crate::memory::trim();
-    }
 
     // The blackout window whose first skipped slot was logged at info; its further slots go to debug,
     // so that a window over a seconds schedule does not flood the log.
