@@ -641,6 +641,9 @@ async fn follow_held(
         .or_else(|| Instant::now().checked_sub(age))
         .unwrap_or_else(Instant::now);
     let expected = *app.last_duration.lock().expect("last duration lock");
+    // The id it was triggered or found under; a platform may name the completed savepoint otherwise
+    // (Flink: its directory rather than the trigger's request id).
+    let followed = savepoint.id.clone();
     loop {
         match savepoint.state {
             State::Completed => {
@@ -650,6 +653,10 @@ async fn follow_held(
                 };
                 if let Some(t) = started {
                     *app.last_duration.lock().expect("last duration lock") = Some(t.elapsed());
+                }
+                if savepoint.id != followed {
+                    info!(savepoint_id = %savepoint.id, request_id = %followed,
+                        "the completed savepoint's id is its directory's name from here on");
                 }
                 app.metrics.success(duration, Utc::now());
                 return Ok(Outcome::Completed {

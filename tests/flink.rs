@@ -381,6 +381,11 @@ async fn the_same_slot_triggered_twice_makes_one_savepoint(w: &World) {
     assert!(first.is_managed_slot("orders", slot));
     let done = wait_terminal(p.as_ref(), &target, &first.id).await;
     assert_eq!(done.state, State::Completed, "{done:?}");
+    // Once completed it has the id it has everywhere else (status, prune): its directory's name.
+    let dir_name = done.location.as_deref().and_then(|l| l.rsplit('/').next());
+    assert_eq!(Some(done.id.as_str()), dir_name, "{done:?}");
+    let listed = p.list(&target).await.expect("list");
+    assert!(listed.iter().any(|s| s.id == done.id), "{listed:?}");
     let third = p
         .trigger(&target, &request)
         .await

@@ -24,7 +24,7 @@ use self::failure::proves_unreadable;
 use self::storage::{Storage, is_under, normalize, slot_of};
 use self::wire::{
     WireCheckpoint, WireCheckpoints, WireJob, WireJobOverview, WireOperation, WireOverview,
-    WireRequestId,
+    WireRequestId, completed_id,
 };
 use super::http::{ApiClient, Retry};
 use super::shared::{self, SharedListing};
@@ -277,8 +277,14 @@ impl Platform for Flink {
             url: path.clone(),
             message,
         })?;
+        // Once completed, the id the savepoint has everywhere else: its directory's name (the trigger's
+        // request id is the JobManager's handle for the operation only).
+        let id = match (&location, state) {
+            (Some(l), State::Completed) => completed_id(l).unwrap_or_else(|| id.to_owned()),
+            _ => id.to_owned(),
+        };
         Ok(Savepoint {
-            id: id.to_owned(),
+            id,
             created_at: Utc::now(),
             state,
             origin: Origin::UserRequest,

@@ -182,11 +182,7 @@ impl WireCheckpoint {
         };
         let location = self.external_path.as_deref().map(normalized);
         let id = match (&location, state) {
-            (Some(l), State::Completed) => l
-                .rsplit('/')
-                .next()
-                .filter(|n| !n.is_empty())
-                .map_or_else(|| self.id.to_string(), str::to_owned),
+            (Some(l), State::Completed) => completed_id(l).unwrap_or_else(|| self.id.to_string()),
             _ => self.id.to_string(),
         };
         Savepoint {
@@ -202,6 +198,18 @@ impl WireCheckpoint {
             protected: None,
         }
     }
+}
+
+/// The id of a completed savepoint: its directory's name (`savepoint-1a2b3c-4d5e6f7a8b9c`), the same
+/// whether it was followed from its trigger, found in the job's history or listed from storage, so that
+/// completion, `status` and `prune` name it alike.
+pub fn completed_id(location: &str) -> Option<String> {
+    location
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
 }
 
 #[cfg(test)]
