@@ -14,7 +14,7 @@ use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::http::{ApiClient, Retry};
+use super::http::{AfterLostDelete, ApiClient, DELETION_FOLLOW_LIMIT, DeleteSent, Retry};
 use super::{
     ANNOTATION_APPLICATION, ANNOTATION_MANAGED_BY, ANNOTATION_SLOT, Deletion, MANAGED_BY, Managed,
     Origin, Platform, ResolveError, Result, Savepoint, SavepointType, State, Target,
@@ -28,13 +28,6 @@ const PAGE_SIZE: usize = 100;
 /// Pages read for one list at most: a server that ignores `page` and repeats the first one must not
 /// keep a list going for ever.
 const MAX_PAGES: usize = 10_000;
-
-/// DELETEs sent for one deletion at most: the first, and resends after answers that were lost before
-/// the request reached CMF (checked by reading the resource in between).
-const DELETE_SENDS: u32 = 3;
-
-/// How long a deletion is followed before it is reported as still pending (it may yet finish).
-const DELETION_FOLLOW_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 pub struct Cmf {
     api: ApiClient,
@@ -273,34 +266,22 @@ impl Platform for Cmf {
     }
 
     async fn delete(&self, target: &Target, savepoint: &Savepoint) -> Result<Deletion> {
-        // Never `?force=true`: it drops the resource whatever happens to the data.
+        // Never `?force=true`: it drops the resource whatever happens to the data. A lost answer (or a
+        // 503 from a disconnected cluster) may hide an accepted deletion: look before sending it again.
         let path = format!("{}/{}", self.savepoints(target), savepoint.id);
-        let mut sent = 0;
-        loop {
-            sent += 1;
-            let error = match self
-                .api
-                .send("delete", Method::DELETE, &path, None, Retry::OnlyIfNotSent)
-                .await
-            {
-                Ok(_) => break,
-                Err(e) => e,
-            };
-            // Gone already: deleted by someone else, or by a DELETE of ours whose answer was lost.
-            if error.status() == Some(404) {
-                return Ok(Deletion::Gone);
-            }
-            if !error.may_have_acted() || sent >= DELETE_SENDS {
-                return Err(error);
-            }
-            // A lost answer (or a 503 from a disconnected cluster) may hide an accepted deletion:
-            // look before sending it again.
-            match self.get(target, &savepoint.id).await {
-                Err(e) if e.status() == Some(404) => return Ok(Deletion::Gone),
-                Ok(s) if s.state == State::PendingDeletion => break,
-                Ok(_) => {}
-                Err(_) => return Err(error),
-            }
+        let sent = self
+            .api
+            .delete_looked_into(&path, || async {
+                match self.get(target, &savepoint.id).await {
+                    Err(e) if e.status() == Some(404) => Ok(AfterLostDelete::Gone),
+                    Err(e) => Err(e),
+                    Ok(s) if s.state == State::PendingDeletion => Ok(AfterLostDelete::Accepted),
+                    Ok(_) => Ok(AfterLostDelete::Untouched),
+                }
+            })
+            .await?;
+        if sent == DeleteSent::Gone {
+            return Ok(Deletion::Gone);
         }
         self.follow_deletion(target, savepoint).await
     }

@@ -254,6 +254,70 @@ impl ApiClient {
     }
 }
 
+/// DELETEs sent for one deletion at most: the first, and resends after answers that were lost before
+/// the request reached the platform (checked by reading the resource in between).
+const DELETE_SENDS: u32 = 3;
+
+/// How long a platform follows an accepted deletion before it reports it as still pending (it may yet
+/// finish). Shared by every platform that follows deletions.
+pub const DELETION_FOLLOW_LIMIT: Duration = Duration::from_secs(120);
+
+/// What a look at a resource found after a DELETE whose answer was lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterLostDelete {
+    /// It is gone (404).
+    Gone,
+    /// The platform took the DELETE: the resource is being deleted.
+    Accepted,
+    /// As before: the DELETE did not arrive, and may be sent again.
+    Untouched,
+}
+
+/// How a DELETE ended once it was answered or looked into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteSent {
+    Gone,
+    /// Accepted: the caller follows the deletion.
+    Accepted,
+}
+
+impl ApiClient {
+    /// Sends a DELETE that is never resent blindly (VVP answers a second one with a 409, and a
+    /// platform may have acted on one whose answer was lost): after a lost answer or a 5xx, `look`
+    /// reads the resource, and only an untouched one gets the DELETE again, at most `DELETE_SENDS`
+    /// times in all. An error of `look` ends it with the DELETE's own error. A 404 means it is gone
+    /// already: deleted by someone else, or by a DELETE of ours whose answer was lost.
+    pub async fn delete_looked_into<F, Fut>(&self, path: &str, look: F) -> Result<DeleteSent>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<AfterLostDelete>>,
+    {
+        let mut sent = 0;
+        loop {
+            sent += 1;
+            let error = match self
+                .send("delete", Method::DELETE, path, None, Retry::OnlyIfNotSent)
+                .await
+            {
+                Ok(_) => return Ok(DeleteSent::Accepted),
+                Err(e) => e,
+            };
+            if error.status() == Some(404) {
+                return Ok(DeleteSent::Gone);
+            }
+            if !error.may_have_acted() || sent >= DELETE_SENDS {
+                return Err(error);
+            }
+            match look().await {
+                Ok(AfterLostDelete::Gone) => return Ok(DeleteSent::Gone),
+                Ok(AfterLostDelete::Accepted) => return Ok(DeleteSent::Accepted),
+                Ok(AfterLostDelete::Untouched) => {}
+                Err(_) => return Err(error),
+            }
+        }
+    }
+}
+
 /// Why a `tls.caFile` cannot serve as trust roots.
 #[derive(Debug)]
 pub enum CaFileError {

@@ -22,6 +22,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use super::http::DELETION_FOLLOW_LIMIT;
 use super::{
     ANNOTATION_APPLICATION, ANNOTATION_MANAGED_BY, ANNOTATION_SLOT, Deletion, Error, MANAGED_BY,
     Managed, Origin, Platform, ResolveError, Result, Savepoint, SavepointType, State, Target,
@@ -32,9 +33,6 @@ use crate::model::{self, slot_text};
 
 const GROUP: &str = "flink.apache.org";
 const VERSION: &str = "v1beta1";
-
-/// How long a deletion is followed before it is reported as still pending (it may yet finish).
-const DELETION_FOLLOW_LIMIT: Duration = Duration::from_secs(120);
 
 /// The label the operator puts on every snapshot: MANUAL, PERIODIC or UPGRADE.
 const LABEL_TRIGGER_TYPE: &str = "snapshot.trigger-type";

@@ -9,7 +9,7 @@ use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::http::{ApiClient, Retry};
+use super::http::{AfterLostDelete, ApiClient, DELETION_FOLLOW_LIMIT, DeleteSent, Retry};
 use super::shared::{self, SharedListing};
 use super::{
     ANNOTATION_APPLICATION, ANNOTATION_MANAGED_BY, ANNOTATION_SLOT, Deletion, MANAGED_BY, Managed,
@@ -171,35 +171,24 @@ impl Platform for Vvp {
 
     async fn delete(&self, target: &Target, savepoint: &Savepoint) -> Result<Deletion> {
         self.refuse_if_shared_elsewhere(target, savepoint).await?;
-        // Never `?force=true`: VVP's prerequisites are the last line of defence.
+        // Never `?force=true`: VVP's prerequisites are the last line of defence. A lost answer is not a
+        // failed deletion: VVP may have accepted it, and a resend would meet a 409 (the resource is
+        // PENDING_DELETION now), so the resource is looked at instead.
         let path = self.path(&format!("savepoints/{}", savepoint.id));
-        let mut sent = 0;
-        loop {
-            sent += 1;
-            let error = match self
-                .api
-                .send("delete", Method::DELETE, &path, None, Retry::OnlyIfNotSent)
-                .await
-            {
-                Ok(_) => break,
-                Err(e) => e,
-            };
-            // Gone already: deleted by someone else, or by a DELETE of ours whose answer was lost.
-            if error.status() == Some(404) {
-                return Ok(Deletion::Gone);
-            }
-            if !error.may_have_acted() || sent >= DELETE_SENDS {
-                return Err(error);
-            }
-            // A lost answer is not a failed deletion: VVP may have accepted it. Resending would meet a
-            // 409 (the resource is PENDING_DELETION now), so look at the resource instead.
-            match self.get(target, &savepoint.id).await {
-                Err(e) if e.status() == Some(404) => return Ok(Deletion::Gone),
-                // Untouched: the DELETE did not arrive. Send it again.
-                Ok(s) if s.state == savepoint.state => {}
-                Ok(_) => break,
-                Err(_) => return Err(error),
-            }
+        let sent = self
+            .api
+            .delete_looked_into(&path, || async {
+                match self.get(target, &savepoint.id).await {
+                    Err(e) if e.status() == Some(404) => Ok(AfterLostDelete::Gone),
+                    Err(e) => Err(e),
+                    // Untouched: the DELETE did not arrive.
+                    Ok(s) if s.state == savepoint.state => Ok(AfterLostDelete::Untouched),
+                    Ok(_) => Ok(AfterLostDelete::Accepted),
+                }
+            })
+            .await?;
+        if sent == DeleteSent::Gone {
+            return Ok(Deletion::Gone);
         }
         self.follow_deletion(target, savepoint)
             .await
@@ -237,13 +226,6 @@ impl Vvp {
         }
     }
 }
-
-/// DELETEs sent for one deletion at most: the first, and resends after answers that were lost before
-/// the request reached VVP (checked by reading the resource in between).
-const DELETE_SENDS: u32 = 3;
-
-/// How long a deletion is followed before it is reported as still pending (it may yet finish).
-const DELETION_FOLLOW_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// VVP 2.1+ answers lists as a ResourceList; 2.0 answered a bare array.
 #[derive(Deserialize)]
