@@ -11,12 +11,11 @@ use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 use savepointd::commands::{self, Output};
 use savepointd::config::Config;
 use support::cmf_sim::{CmfSim, CmfSimOptions};
-use support::fixture::{Daemon, annotation};
+use support::fixture::{Daemon, annotation, once, prune};
 use support::tls::TlsFront;
 use support::unreliable::Fault;
 
@@ -91,27 +90,6 @@ applications:
             .filter(|r| r.method == "POST")
             .count()
     }
-}
-
-async fn once(config: &Config, apps: &[&str]) -> (String, bool) {
-    let names: Vec<String> = apps.iter().map(|s| s.to_string()).collect();
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        commands::once(config, &names, false, true, &CancellationToken::new()),
-    )
-    .await
-    .expect("once finishes within 60 s")
-    .expect("once runs")
-}
-
-async fn prune(config: &Config) -> (String, bool) {
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        commands::prune(config, &[], false, Output::Table, &CancellationToken::new()),
-    )
-    .await
-    .expect("prune finishes within 60 s")
-    .expect("prune runs")
 }
 
 fn name_of(savepoint: &Value) -> &str {

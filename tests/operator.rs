@@ -11,12 +11,10 @@ use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
-use savepointd::commands::{self, Output};
 use savepointd::config::Config;
 use support::eventually;
-use support::fixture::Daemon;
+use support::fixture::{Daemon, once, prune};
 use support::kube_fake::{FlinkStatus, JobKind, KubeFake, savepoint_snapshot};
 
 struct World {
@@ -74,27 +72,6 @@ applications:
             .filter(|s| s["metadata"]["annotations"]["savepointd.io/application"] == app)
             .collect()
     }
-}
-
-async fn once(config: &Config, apps: &[&str]) -> (String, bool) {
-    let names: Vec<String> = apps.iter().map(|s| s.to_string()).collect();
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        commands::once(config, &names, false, true, &CancellationToken::new()),
-    )
-    .await
-    .expect("once finishes within 60 s")
-    .expect("once runs")
-}
-
-async fn prune(config: &Config) -> (String, bool) {
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        commands::prune(config, &[], false, Output::Table, &CancellationToken::new()),
-    )
-    .await
-    .expect("prune finishes within 60 s")
-    .expect("prune runs")
 }
 
 fn name_of(snapshot: &Value) -> &str {

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use std::time::Duration;
 
 use serde_json::json;
-use support::fixture::{APPS, Fixture, annotation, fixture};
+use support::fixture::{APPS, Fixture, annotation, fixture, once};
 use support::vvp_sim::VvpSimOptions;
 
 use savepointd::commands::{self, Output};
@@ -21,18 +21,6 @@ fn config(f: &Fixture, platform_extra: &str, apps: &str) -> Config {
 
 fn app(name: &str, extra: &str) -> String {
     format!("  - name: {name}\n{extra}")
-}
-
-/// `savepointd once`, bounded: a run that hangs fails the test instead of stalling the suite.
-async fn once(config: &Config, apps: &[&str]) -> (String, bool) {
-    let names: Vec<String> = apps.iter().map(|s| s.to_string()).collect();
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        commands::once(config, &names, false, true, &CancellationToken::new()),
-    )
-    .await
-    .expect("once finishes within 60 s")
-    .expect("once runs")
 }
 
 fn posts(f: &Fixture) -> usize {

@@ -181,3 +181,39 @@ pub fn triggers_by_annotation(triggers: &[Value]) -> BTreeMap<String, Vec<Value>
     }
     map
 }
+
+/// `savepointd once` through the library call the CLI makes, bounded: a run that hangs fails the test
+/// instead of stalling the suite.
+pub async fn once(config: &savepointd::config::Config, apps: &[&str]) -> (String, bool) {
+    let names: Vec<String> = apps.iter().map(|s| s.to_string()).collect();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        savepointd::commands::once(
+            config,
+            &names,
+            false,
+            true,
+            &tokio_util::sync::CancellationToken::new(),
+        ),
+    )
+    .await
+    .expect("once finishes within 60 s")
+    .expect("once runs")
+}
+
+/// `savepointd prune` of every application, as a table, bounded as `once` is.
+pub async fn prune(config: &savepointd::config::Config) -> (String, bool) {
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        savepointd::commands::prune(
+            config,
+            &[],
+            false,
+            savepointd::commands::Output::Table,
+            &tokio_util::sync::CancellationToken::new(),
+        ),
+    )
+    .await
+    .expect("prune finishes within 60 s")
+    .expect("prune runs")
+}
