@@ -45,8 +45,11 @@ impl Report {
 /// Prunes one application of a resolved target. `Err` only when the savepoints could not be listed (a
 /// failed list means no deletion at all: a partial one could make a kept savepoint look deletable).
 ///
-/// Deletions run one after another, and `shutdown` is looked at between them, never inside one: a
-/// deletion that started is followed to its end (DESIGN.md §5 rule 10).
+/// The list and every deletion each hold one of the platform's permits, so prunes and savepoints together
+/// stay within `maxConcurrent`. Deletions start oldest first and run together within that bound: one
+/// that the platform takes minutes to finish holds back none of the others. `shutdown` and the mandate
+/// are looked at as each deletion is about to start, never inside one: a deletion that started is
+/// followed to its end (DESIGN.md §5 rule 10).
 pub async fn prune(
     app: &App,
     target: &Target,
@@ -54,7 +57,10 @@ pub async fn prune(
     shutdown: &CancellationToken,
 ) -> Result<Report, platform::Error> {
     let c = &app.config;
-    let history = app.platform.list(target).await?;
+    let history = {
+        let _permit = permit(app).await;
+        app.platform.list(target).await?
+    };
     let plan = retention::plan(&history, &c.retention, &c.name, c.timezone, Utc::now());
     let mut report = Report {
         application: c.name.clone(),
@@ -76,40 +82,27 @@ pub async fn prune(
     if dry_run {
         return Ok(report);
     }
-    // Oldest first, as the cap chooses them: a run cut short by shutdown leaves the newer ones.
+    // Oldest first, as the cap chooses them: the permits are handed out in this order, so a run cut
+    // short by shutdown leaves the newer ones.
     let mut deletions: Vec<_> = report.plan.deletions().cloned().collect();
     deletions.reverse();
+    let started: Vec<_> = deletions
+        .iter()
+        .map(|d| delete(app, target, d, shutdown))
+        .collect();
+    let outcomes = futures::future::join_all(started).await;
     let mut completed_left = 0;
-    for (done, d) in deletions.iter().enumerate() {
-        if shutdown.is_cancelled() || !app.mandate.holds() {
-            let left = &deletions[done..];
-            report.interrupted = left.len();
-            completed_left += left
-                .iter()
-                .filter(|d| d.savepoint.state == State::Completed)
-                .count();
-            warn!(application = %c.name, left = report.interrupted,
-                "shutting down: the remaining deletions wait for the next run");
-            break;
-        }
+    for (d, outcome) in deletions.iter().zip(outcomes) {
         let s = &d.savepoint;
-        match app.platform.delete(target, s).await {
-            Ok(Deletion::Pending(when)) => {
-                info!(application = %c.name, platform = %app.platform_name, savepoint_id = %s.id,
-                    reason = %d.reason, "savepoint deletion accepted; {when}");
-                report.pending.push(s.id.clone());
-            }
-            Ok(Deletion::Gone) => {
-                app.metrics.retention_deleted();
-                info!(application = %c.name, platform = %app.platform_name, savepoint_id = %s.id,
-                    location = s.location.as_deref().unwrap_or(""), reason = %d.reason, "savepoint deleted");
-                report.deleted.push(s.id.clone());
-            }
-            Err(e) => {
+        match outcome {
+            None => {
+                report.interrupted += 1;
                 completed_left += usize::from(s.state == State::Completed);
-                app.metrics.retention_delete_failure(e.category());
-                warn!(application = %c.name, platform = %app.platform_name, savepoint_id = %s.id,
-                    reason = e.category(), error = %e, "savepoint not deleted");
+            }
+            Some(Ok(Deletion::Pending(_))) => report.pending.push(s.id.clone()),
+            Some(Ok(Deletion::Gone)) => report.deleted.push(s.id.clone()),
+            Some(Err(e)) => {
+                completed_left += usize::from(s.state == State::Completed);
                 report.failed.push(DeleteFailure {
                     savepoint: s.id.clone(),
                     reason: e.category(),
@@ -118,7 +111,51 @@ pub async fn prune(
             }
         }
     }
+    if report.interrupted > 0 {
+        warn!(application = %c.name, left = report.interrupted,
+            "shutting down: the remaining deletions wait for the next run");
+    }
     app.metrics
         .retained(report.plan.retained_completed() + completed_left);
     Ok(report)
+}
+
+async fn permit(app: &App) -> tokio::sync::SemaphorePermit<'_> {
+    app.permits
+        .acquire()
+        .await
+        .expect("semaphore is never closed")
+}
+
+/// One deletion under a platform permit, logged and counted; `None` when it was not started because
+/// shutdown began or this replica stopped leading.
+async fn delete(
+    app: &App,
+    target: &Target,
+    d: &retention::Decision,
+    shutdown: &CancellationToken,
+) -> Option<Result<Deletion, platform::Error>> {
+    let _permit = permit(app).await;
+    if shutdown.is_cancelled() || !app.mandate.holds() {
+        return None;
+    }
+    let (c, s) = (&app.config, &d.savepoint);
+    let outcome = app.platform.delete(target, s).await;
+    match &outcome {
+        Ok(Deletion::Pending(when)) => {
+            info!(application = %c.name, platform = %app.platform_name, savepoint_id = %s.id,
+                reason = %d.reason, "savepoint deletion accepted; {when}");
+        }
+        Ok(Deletion::Gone) => {
+            app.metrics.retention_deleted();
+            info!(application = %c.name, platform = %app.platform_name, savepoint_id = %s.id,
+                location = s.location.as_deref().unwrap_or(""), reason = %d.reason, "savepoint deleted");
+        }
+        Err(e) => {
+            app.metrics.retention_delete_failure(e.category());
+            warn!(application = %c.name, platform = %app.platform_name, savepoint_id = %s.id,
+                reason = e.category(), error = %e, "savepoint not deleted");
+        }
+    }
+    Some(outcome)
 }

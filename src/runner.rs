@@ -710,17 +710,12 @@ pub fn wants_prune(app: &App, outcome: &Outcome, shutdown: &CancellationToken) -
 }
 
 /// The daemon's retention after a completed savepoint, off the application's loop so that a long prune
-/// never delays its next slot, and under a platform permit like a run, so prunes and savepoints together
-/// stay within `maxConcurrent`.
+/// never delays its next slot. The prune takes platform permits for its list and each deletion, so
+/// prunes and savepoints together stay within `maxConcurrent`.
 pub async fn prune_in_background(app: &App, shutdown: &CancellationToken) {
     let span =
         tracing::info_span!("prune", application = %app.config.name, platform = %app.platform_name);
     async {
-        let _permit = app
-            .permits
-            .acquire()
-            .await
-            .expect("semaphore is never closed");
         match app.resolver.resolve(&app.config.name).await {
             Ok(target) => prune_after_success(app, &target, shutdown).await,
             Err(e) => warn!(error = %e, "retention skipped: the application does not resolve now"),

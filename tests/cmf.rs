@@ -412,8 +412,12 @@ async fn a_deletion_while_the_job_is_down_is_pending_not_failed_and_never_sent_a
     for hours in 1..=4 {
         w.cmf.seed_savepoint(parent, managed(hours, "COMPLETED"));
     }
-    let c = w.config("  retention: { keepLast: 1 }", "  - orders\n");
-    // The job stops while the first (oldest) deletion is under way.
+    // One permit: the deletions go one after another, and the job stops while the first (oldest) is
+    // under way.
+    let yaml = w
+        .yaml("  retention: { keepLast: 1 }", "  - orders\n")
+        .replace("requestTimeout: 2s", "requestTimeout: 2s\n    maxConcurrent: 1");
+    let c = savepointd::config::from_yaml(&yaml).unwrap();
     let prune_run = tokio::spawn({
         let c = c.clone();
         async move { prune(&c).await }

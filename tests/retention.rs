@@ -334,15 +334,28 @@ async fn a_deletion_whose_answer_was_lost_is_a_deletion_not_a_failure() {
     assert_eq!(left, ["newer", "newest"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_prune_stops_between_deletions_when_shutdown_begins() {
+/// A prune of three old savepoints (each deletion followed for 600 ms) under `maxConcurrent`, with
+/// SIGTERM as soon as the first DELETE arrives: the report, the savepoints deleted, those left, and how
+/// many times the namespace's savepoints were listed.
+async fn prune_stopped_at_the_first_delete(
+    max_concurrent: usize,
+) -> (String, bool, BTreeSet<String>, Vec<String>, usize) {
     let f = fixture(VvpSimOptions {
         delete_after: Duration::from_millis(600),
         ..Default::default()
     })
     .await;
     seed_completed(&f, &[("a", 5), ("b", 4), ("c", 3), ("newest", 1)]);
-    let c = config(&f, "{ keepLast: 1 }");
+    let yaml = f
+        .config(
+            "",
+            &format!("  - name: {APP}\n    retention: {{ keepLast: 1 }}\n"),
+        )
+        .replace(
+            "maxConcurrent: 8",
+            &format!("maxConcurrent: {max_concurrent}"),
+        );
+    let c = savepointd::config::from_yaml(&yaml).unwrap();
     let shutdown = CancellationToken::new();
     let stop = {
         let (shutdown, vvp) = (shutdown.clone(), &f.vvp);
@@ -366,18 +379,43 @@ async fn a_prune_stops_between_deletions_when_shutdown_begins() {
         },
         stop
     );
+    let namespace_lists = f
+        .vvp
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with("/savepoints") && r.query.is_none())
+        .count();
+    (text, ok, deletes(&f), savepoint_ids(&f), namespace_lists)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prune_stops_between_deletions_when_shutdown_begins() {
+    // One permit: the deletions go one after another, and shutdown comes between them.
+    let (text, ok, deleted, left, _) = prune_stopped_at_the_first_delete(1).await;
     assert!(!ok, "an interrupted prune is not ok: {text}");
     assert!(
         text.contains("1 deleted, 0 not deleted, 2 left for the next run (shutting down)"),
         "{text}"
     );
     assert_eq!(
-        deletes(&f),
+        deleted,
         ids(&["a"]),
         "the deletion under way was finished, no other started"
     );
-    let left = savepoint_ids(&f);
     assert_eq!(left, ["b", "c", "newest"], "a is gone, whole");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deletions_of_a_prune_run_together_within_max_concurrent() {
+    // Eight permits: the three deletions were all under way when shutdown came, and each was followed
+    // to its end; a slow deletion held back none of the others.
+    let (text, ok, deleted, left, namespace_lists) = prune_stopped_at_the_first_delete(8).await;
+    assert!(ok, "{text}");
+    assert!(text.contains("3 deleted, 0 not deleted"), "{text}");
+    assert_eq!(deleted, ids(&["a", "b", "c"]));
+    assert_eq!(left, ["newest"]);
+    // The location check before each deletion: one look at the namespace's savepoints for all three.
+    assert_eq!(namespace_lists, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

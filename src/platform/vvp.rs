@@ -24,7 +24,17 @@ pub struct Vvp {
     /// The namespace's deployments, one list per tick for every application that resolves through
     /// the API.
     deployments: SharedListing<Vec<WireDeployment>>,
+    /// The namespace's savepoints, as the location check before a deletion reads them: one list for the
+    /// deletions of a prune (and of prunes running together), never older than
+    /// [`LOCATION_CHECK_FRESH_FOR`].
+    namespace_savepoints: SharedListing<Vec<WireSavepoint>>,
 }
+
+/// How old the namespace's savepoint list may be when a deletion is checked against it. The deletions
+/// of one prune are sent within it, so they share one list; a resource registered elsewhere at a
+/// location longer ago than this is seen, as it was when every deletion listed the namespace itself
+/// (that list, too, was a round trip old when the DELETE arrived).
+const LOCATION_CHECK_FRESH_FOR: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl Vvp {
     pub fn new(api: ApiClient, namespace: String) -> Self {
@@ -32,6 +42,7 @@ impl Vvp {
             api,
             namespace,
             deployments: SharedListing::new(shared::FRESH_FOR),
+            namespace_savepoints: SharedListing::new(LOCATION_CHECK_FRESH_FOR),
         }
     }
 
@@ -50,8 +61,15 @@ impl Vvp {
         let Some(location) = savepoint.location.as_deref() else {
             return Ok(());
         };
-        let all: List<WireSavepoint> = self.api.get("list", &self.path("savepoints")).await?;
-        let elsewhere = all.into_items().into_iter().find(|w| {
+        let all = self
+            .namespace_savepoints
+            .get(|| async {
+                let all: List<WireSavepoint> =
+                    self.api.get("list", &self.path("savepoints")).await?;
+                Ok::<_, super::Error>(all.into_items())
+            })
+            .await?;
+        let elsewhere = all.iter().find(|w| {
             w.spec.savepoint_location.as_deref() == Some(location)
                 && w.metadata.deployment_id.as_deref() != Some(target.id.as_str())
         });
