@@ -233,13 +233,28 @@ async fn idle(world: &World) -> String {
     let (_, ticks_before) = proc_stat(child.id());
     tokio::time::sleep(Duration::from_secs(10)).await;
     let (rss, ticks_after) = proc_stat(child.id());
+    // What Prometheus does to it: a scrape every 15 s renders every series.
+    let mut series = 0;
+    for _ in 0..3 {
+        let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        series = text.lines().filter(|l| !l.starts_with('#')).count();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (rss_scraped, _) = proc_stat(child.id());
     stop(child);
     // Linux reports CPU time in 1/100 s.
     format!(
-        "idle, {APPLICATIONS} applications: RSS {:.1} MiB, CPU {} ms over 10 s ({:.2} %)",
+        "idle, {APPLICATIONS} applications: RSS {:.1} MiB, CPU {} ms over 10 s ({:.2} %); \
+         RSS {:.1} MiB after 3 scrapes of {series} series",
         rss as f64 / 1024.0,
         (ticks_after - ticks_before) * 10,
         (ticks_after - ticks_before) as f64 / 10.0,
+        rss_scraped as f64 / 1024.0,
     )
 }
 

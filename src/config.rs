@@ -5,7 +5,7 @@
 //! [`File::validate`] parses every schedule, timezone and duration, resolves defaults and platform
 //! references, and collects *every* problem with its field path, so an operator fixes a config in one pass.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -997,6 +997,14 @@ impl File {
         let sha256 = hex(&Sha256::digest(
             serde_json::to_vec(self).expect("config serialises"),
         ));
+        let mut applications = applications;
+        let mut parsed = HashMap::new();
+        for a in &mut applications {
+            a.schedule.share(&mut parsed);
+            for w in &mut a.blackout_windows {
+                w.schedule.share(&mut parsed);
+            }
+        }
         Ok(Config {
             server,
             kubernetes: Kubernetes {

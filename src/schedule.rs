@@ -9,8 +9,10 @@
 //! *jitter* ([`jitter_offset`]), which starts a slot's run a little after the slot without changing
 //! which slot it is.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hasher;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
@@ -23,7 +25,7 @@ use sha2::{Digest, Sha256};
 pub enum Schedule {
     /// A cron expression (5 fields, or 6 with seconds first, or an `@` alias), evaluated in the
     /// application's timezone. `spec` is what the operator wrote.
-    Cron { spec: String, cron: Box<Cron> },
+    Cron { spec: String, cron: Arc<Cron> },
     /// `@every <duration>`: slots at whole multiples of the period since the Unix epoch, so they are the
     /// same instants whenever the daemon starts.
     Every(Duration),
@@ -73,7 +75,7 @@ impl Schedule {
             let cron = format!("{} {} * * *", minute_of_day % 60, minute_of_day / 60);
             return Ok(Schedule::Cron {
                 spec: format!("@daily-random ({cron})"),
-                cron: Box::new(parser().parse(&cron).expect("generated cron parses")),
+                cron: Arc::new(parser().parse(&cron).expect("generated cron parses")),
             });
         }
         if spec.starts_with('@') && !ALIASES.contains(&spec) {
@@ -103,8 +105,20 @@ impl Schedule {
         }
         Ok(Schedule::Cron {
             spec: spec.to_owned(),
-            cron: Box::new(cron),
+            cron: Arc::new(cron),
         })
+    }
+
+    /// Takes the parsed form of an equal schedule seen before, or records this one's. A parsed cron
+    /// expression is about 5 KiB (croner keeps a bit set per field, years included), and a thousand
+    /// applications on the default schedule need one, not a thousand.
+    pub fn share(&mut self, seen: &mut HashMap<String, Arc<Cron>>) {
+        if let Schedule::Cron { spec, cron } = self {
+            *cron = seen
+                .entry(spec.clone())
+                .or_insert_with(|| cron.clone())
+                .clone();
+        }
     }
 
     /// The first slot strictly after `after`.

@@ -416,7 +416,10 @@ async fn a_deletion_while_the_job_is_down_is_pending_not_failed_and_never_sent_a
     // under way.
     let yaml = w
         .yaml("  retention: { keepLast: 1 }", "  - orders\n")
-        .replace("requestTimeout: 2s", "requestTimeout: 2s\n    maxConcurrent: 1");
+        .replace(
+            "requestTimeout: 2s",
+            "requestTimeout: 2s\n    maxConcurrent: 1",
+        );
     let c = savepointd::config::from_yaml(&yaml).unwrap();
     let prune_run = tokio::spawn({
         let c = c.clone();

@@ -60,6 +60,25 @@ fn a_good_config_is_accepted_with_defaults_filled_in() {
 }
 
 #[test]
+fn applications_on_one_schedule_share_its_parsed_form() {
+    use savepointd::schedule::Schedule;
+    let parsed = config::from_yaml(&with_apps(
+        "  - name: a\n  - name: b\n    blackoutWindows: [{ schedule: \"0 2 * * *\", duration: 1h }]\n  - name: c\n    schedule: \"0 2 * * *\"\n",
+    ))
+    .unwrap();
+    let cron = |s: &Schedule| match s {
+        Schedule::Cron { cron, .. } => cron.clone(),
+        Schedule::Every(_) => panic!("a cron schedule"),
+    };
+    let [a, b, c] = ["a", "b", "c"].map(|n| cron(&parsed.application(n).unwrap().schedule));
+    let window = cron(&parsed.application("b").unwrap().blackout_windows[0].schedule);
+    // The default schedule, 0 1 * * *, parsed once for a and b; 0 2 * * * once for c and b's window.
+    assert!(std::sync::Arc::ptr_eq(&a, &b));
+    assert!(std::sync::Arc::ptr_eq(&c, &window));
+    assert!(!std::sync::Arc::ptr_eq(&a, &c));
+}
+
+#[test]
 fn the_example_config_is_valid() {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.yaml"))
         .unwrap();

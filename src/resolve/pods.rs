@@ -1,12 +1,15 @@
 //! Resolution through Kubernetes pod labels, as the blog's CronJob did with kubectl + jq, but from a
 //! kube-runtime reflector: the pods are listed once and then watched, so resolving a name at a cron tick
-//! costs no request to the API server however many applications there are.
+//! costs no request to the API server however many applications there are. Only the pods' metadata is
+//! asked for: a Flink pod's spec and status are most of its size, and the first list of a thousand
+//! full pods was most of the daemon's memory at start.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
@@ -21,7 +24,7 @@ type ByName = HashMap<String, Vec<(String, String)>>;
 
 #[derive(Clone)]
 pub struct PodIndex {
-    store: Store<Pod>,
+    store: Store<PartialObjectMeta<Pod>>,
     /// Built from the store on the first lookup after a change, so the thousand lookups of one busy
     /// slot cost one pass over the pods, not a thousand.
     by_name: Arc<Mutex<Option<ByName>>>,
@@ -46,15 +49,15 @@ impl PodIndex {
             config: Arc::new(config.clone()),
             synced: Arc::new(tokio::sync::watch::Sender::new(false)),
         };
-        let api: Api<Pod> = Api::namespaced(client, &config.namespace);
+        // An Api of PartialObjectMeta asks the API server for metadata only (`as=PartialObjectMetadataList`).
+        let api: Api<PartialObjectMeta<Pod>> = Api::namespaced(client, &config.namespace);
         let stream = watcher(api, watcher::Config::default().labels(&config.selector))
             .default_backoff()
-            // Only the labels are read; a Flink pod's spec and status are most of its size.
+            // Only the name and labels are read.
             .modify(|pod| {
-                pod.spec = None;
-                pod.status = None;
                 pod.metadata.annotations = None;
                 pod.metadata.managed_fields = None;
+                pod.metadata.owner_references = None;
             })
             .reflect(writer);
         let synced = index.synced.clone();
