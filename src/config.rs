@@ -997,7 +997,7 @@ impl File {
         let sha256 = hex(&Sha256::digest(
             serde_json::to_vec(self).expect("config serialises"),
         ));
-        let mut applications = applications;
+        // Applications on one schedule share its parsed form.
         let mut parsed = HashMap::new();
         for a in &mut applications {
             a.schedule.share(&mut parsed);

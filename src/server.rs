@@ -68,17 +68,16 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
-    // One family at a time: the text of 1,000 applications is megabytes, and a buffer that size would
-    // stay in the allocator's hands after the scrape.
-    let metrics = state.metrics;
-    let parts = (0..metrics.parts())
-        .map(move |part| Ok::<_, std::convert::Infallible>(metrics.render_part(part)));
+    let chunks = state
+        .metrics
+        .exposition()
+        .map(Ok::<_, std::convert::Infallible>);
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        Body::from_stream(futures::stream::iter(parts)),
+        Body::from_stream(futures::stream::iter(chunks)),
     )
 }
 

@@ -52,6 +52,8 @@ struct Inner {
 
 /// Every series of one application.
 struct AppSeries {
+    application: Box<str>,
+    platform: Box<str>,
     attempts: Counter,
     success: Counter,
     failure: [Counter; Failure::CATEGORIES.len()],
@@ -69,8 +71,10 @@ struct AppSeries {
 }
 
 impl AppSeries {
-    fn new() -> Self {
+    fn new(application: &str, platform: &str) -> Self {
         let series = AppSeries {
+            application: application.into(),
+            platform: platform.into(),
             attempts: Counter::default(),
             success: Counter::default(),
             failure: Default::default(),
@@ -317,7 +321,7 @@ impl Metrics {
                 .write()
                 .unwrap()
                 .entry(key)
-                .or_insert_with(|| Arc::new(AppSeries::new()))
+                .or_insert_with(|| Arc::new(AppSeries::new(application, platform)))
                 .clone(),
         };
         AppMetrics {
@@ -374,45 +378,69 @@ impl Metrics {
         }
     }
 
-    /// How many parts [`Metrics::render_part`] renders: one per family.
-    pub fn parts(&self) -> usize {
-        FAMILIES.len()
+    /// The Prometheus text exposition in pieces of at most [`APPS_PER_CHUNK`] applications of one
+    /// family. `/metrics` streams them: the whole text for 1,000 applications is 4 MB, and a buffer that
+    /// size stays with the allocator after the scrape.
+    pub fn exposition(&self) -> impl Iterator<Item = String> + Send + 'static {
+        let inner = self.0.clone();
+        // The applications as they are now (they are only ever added, at start).
+        let apps: Arc<[Arc<AppSeries>]> = inner.apps.read().unwrap().values().cloned().collect();
+        FAMILIES
+            .iter()
+            .flat_map(move |family| {
+                let (inner, apps) = (inner.clone(), apps.clone());
+                let mut head = String::new();
+                let rest: Box<dyn Iterator<Item = String> + Send> = match family.source {
+                    Source::Daemon(render) => {
+                        let mut out = String::new();
+                        render(&inner, family.name, &mut out);
+                        if !out.is_empty() {
+                            exposition::header(&mut head, family.name, family.help, family.kind);
+                        }
+                        Box::new(std::iter::once(out))
+                    }
+                    Source::App(series) => {
+                        if apps.iter().any(|app| has_samples(&series(app))) {
+                            exposition::header(&mut head, family.name, family.help, family.kind);
+                        }
+                        let chunks = (0..apps.len()).step_by(APPS_PER_CHUNK).map(move |first| {
+                            let mut out = String::new();
+                            for app in apps.iter().skip(first).take(APPS_PER_CHUNK) {
+                                render_app_series(&mut out, family.name, app, series(app));
+                            }
+                            out
+                        });
+                        Box::new(chunks)
+                    }
+                };
+                std::iter::once(head).chain(rest)
+            })
+            .filter(|chunk| !chunk.is_empty())
     }
 
-    /// One family of the exposition, empty if it has no series yet. `/metrics` streams the parts, so
-    /// a scrape of 40,000 series never holds the whole text at once.
-    pub fn render_part(&self, part: usize) -> String {
-        let family = &FAMILIES[part];
-        let mut out = String::new();
-        exposition::header(&mut out, family.name, family.help, family.kind);
-        let header = out.len();
-        match family.source {
-            Source::Daemon(render) => render(&self.0, family.name, &mut out),
-            Source::App(series) => {
-                for ((application, platform), app) in self.0.apps.read().unwrap().iter() {
-                    let labels = [
-                        ("application", application.as_str()),
-                        ("platform", platform),
-                    ];
-                    render_app_series(&mut out, family.name, &labels, series(app));
-                }
-            }
-        }
-        if out.len() == header {
-            out.clear();
-        }
-        out
-    }
-
-    /// The Prometheus text exposition.
+    /// The whole exposition as one text.
     pub fn render(&self) -> String {
-        (0..self.parts())
-            .map(|part| self.render_part(part))
-            .collect()
+        self.exposition().collect()
     }
 }
 
-fn render_app_series(out: &mut String, name: &str, labels: &[(&str, &str); 2], series: Series) {
+/// How many applications one streamed piece of `/metrics` holds: about 40 KB of text.
+const APPS_PER_CHUNK: usize = 100;
+
+/// Whether a series shows in the exposition: a gauge once set, a histogram once observed.
+fn has_samples(series: &Series) -> bool {
+    match series {
+        Series::Counter(_) | Series::Reasons(..) => true,
+        Series::Gauge(gauge) => gauge.get().is_some(),
+        Series::Histogram(histogram) => histogram.count() > 0,
+    }
+}
+
+fn render_app_series(out: &mut String, name: &str, app: &AppSeries, series: Series) {
+    let labels = &[
+        ("application", &*app.application),
+        ("platform", &*app.platform),
+    ];
     match series {
         Series::Counter(counter) => exposition::sample(out, name, labels, counter.get()),
         Series::Gauge(gauge) => {
