@@ -23,7 +23,8 @@
 //! - [`retention`]: the pure, platform-neutral retention planner: which savepoints to delete and why each
 //!   other one stays.
 //! - [`prune`]: executes a retention plan through the platform (after every successful savepoint, and
-//!   for `savepointd prune`), counting deletions and refusals.
+//!   for `savepointd prune`), counting deletions and refusals; the deletions of one prune run together,
+//!   each under a platform permit.
 //! - [`runtime`]: wires a config to live platform clients, resolvers and per-platform permit pools.
 //! - [`runner`]: one slot of one application: the pure [`runner::next_step`] over the platform's records,
 //!   then trigger, wait, retry; adoption of a slot's savepoint after a restart or a lost answer.
@@ -32,7 +33,9 @@
 //! - [`leader`]: leader election on a Kubernetes Lease (resourceVersion preconditions, followers'
 //!   own-clock expiry, release on shutdown) and the [`leader::Mandate`] the runner and pruner check
 //!   before every trigger and deletion.
-//! - [`metrics`]: the Prometheus metric set; [`server`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`metrics`]: the Prometheus metric set, each application's series in one block of atomics
+//!   (`metrics/exposition.rs` the store's types and the text format); [`server`]: `/healthz`, `/readyz`,
+//!   `/metrics` (streamed in pieces).
 //! - [`commands`]: what the CLI subcommands print (`check-config`, `status`, `resolve`, `once`, `prune`).
 //! - [`shutdown`]: SIGTERM / SIGINT.
 

@@ -47,7 +47,8 @@ impl Report {
 ///
 /// The list and every deletion each hold one of the platform's permits, so prunes and savepoints together
 /// stay within `maxConcurrent`. Deletions start oldest first and run together within that bound: one
-/// that the platform takes minutes to finish holds back none of the others. `shutdown` and the mandate
+/// that the platform takes minutes to finish holds back none of the others. Savepoints that share a
+/// location are the exception: they go one after another. `shutdown` and the mandate
 /// are looked at as each deletion is about to start, never inside one: a deletion that started is
 /// followed to its end (DESIGN.md §5 rule 10).
 pub async fn prune(
@@ -86,11 +87,39 @@ pub async fn prune(
     // short by shutdown leaves the newer ones.
     let mut deletions: Vec<_> = report.plan.deletions().cloned().collect();
     deletions.reverse();
-    let started: Vec<_> = deletions
+    // Savepoints that share a location go one after another (VVP deletes a location's resources
+    // together: the second finds its resource gone rather than in deletion); the groups run together.
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (i, d) in deletions.iter().enumerate() {
+        let location = d.savepoint.location.as_deref();
+        let together = location.and_then(|l| {
+            groups
+                .iter()
+                .position(|g| deletions[g[0]].savepoint.location.as_deref() == Some(l))
+        });
+        match together {
+            Some(g) => groups[g].push(i),
+            None => groups.push(vec![i]),
+        }
+    }
+    let deletions = &deletions;
+    let started: Vec<_> = groups
         .iter()
-        .map(|d| delete(app, target, d, shutdown))
+        .map(|group| async move {
+            let mut outcomes = Vec::with_capacity(group.len());
+            for &i in group {
+                outcomes.push((i, delete(app, target, &deletions[i], shutdown).await));
+            }
+            outcomes
+        })
         .collect();
-    let outcomes = futures::future::join_all(started).await;
+    let mut outcomes: Vec<_> = futures::future::join_all(started)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    outcomes.sort_by_key(|(i, _)| *i);
+    let outcomes = outcomes.into_iter().map(|(_, outcome)| outcome);
     let mut completed_left = 0;
     for (d, outcome) in deletions.iter().zip(outcomes) {
         let s = &d.savepoint;

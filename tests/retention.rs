@@ -255,6 +255,28 @@ async fn a_location_shared_with_another_deployment_is_never_deleted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn savepoints_sharing_a_location_are_deleted_one_after_the_other() {
+    // VVP deletes every resource of a location together: the second DELETE, sent while the first was
+    // under way, would meet a resource already in deletion (409) and count as a failure.
+    let f = fixture(VvpSimOptions {
+        delete_after: Duration::from_millis(600),
+        ..Default::default()
+    })
+    .await;
+    seed_completed(&f, &[("pair-a", 4), ("newest", 1)]);
+    let mut twin = savepoint("pair-b", 3, "COMPLETED", "USER_REQUEST", "FULL", true);
+    twin["spec"]["savepointLocation"] = json!("s3://flink/savepoints/pair-a");
+    f.vvp.seed_savepoint(twin);
+    let c = config(&f, "{ keepLast: 1 }");
+    let (text, ok) = commands::prune(&c, &[], false, Output::Table, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(ok, "{text}");
+    assert!(text.contains("2 deleted, 0 not deleted"), "{text}");
+    assert_eq!(savepoint_ids(&f), ["newest"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_prunes_after_every_successful_savepoint_and_counts_refusals() {
     let f = fixture(VvpSimOptions::default()).await;
     f.vvp.seed_savepoint(savepoint(
