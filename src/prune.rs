@@ -48,9 +48,9 @@ impl Report {
 /// The list and every deletion each hold one of the platform's permits, so prunes and savepoints together
 /// stay within `maxConcurrent`. Deletions start oldest first and run together within that bound: one
 /// that the platform takes minutes to finish holds back none of the others. Savepoints that share a
-/// location are the exception: they go one after another. `shutdown` and the mandate
-/// are looked at as each deletion is about to start, never inside one: a deletion that started is
-/// followed to its end (DESIGN.md §5 rule 10).
+/// location are the exception: they go one after another. `shutdown` and the mandate are looked at as
+/// each deletion is about to start, never inside one: a deletion that started is followed to its end
+/// (DESIGN.md §5 rule 10).
 pub async fn prune(
     app: &App,
     target: &Target,

@@ -2,7 +2,8 @@
 //! timezone), plus the slot's jitter offset, and runs it. A run happens inside the loop, so one
 //! application never has two runs at once; slots that pass while a run is still going are skipped and
 //! counted as `in_progress`. Retention after a completed savepoint runs beside the loop (one prune per
-//! application at a time, under a platform permit), so a slow deletion never holds back the next slot. Slots inside a blackout window are skipped at their time and counted as
+//! application at a time, its list and deletions under platform permits), so a slow deletion never
+//! holds back the next slot. Slots inside a blackout window are skipped at their time and counted as
 //! `blackout`.
 
 use std::sync::Arc;

@@ -405,7 +405,7 @@ impl Metrics {
                         }
                         let chunks = (0..apps.len()).step_by(APPS_PER_CHUNK).map(move |first| {
                             let mut out = String::new();
-                            for app in apps.iter().skip(first).take(APPS_PER_CHUNK) {
+                            for app in apps[first..].iter().take(APPS_PER_CHUNK) {
                                 render_app_series(&mut out, family.name, app, series(app));
                             }
                             out
