@@ -400,10 +400,14 @@ impl Metrics {
                         Box::new(std::iter::once(out))
                     }
                     Source::App(series) => {
-                        if apps.iter().any(|app| has_samples(&series(app))) {
+                        // Decided once: a gauge first set while the family is written waits for the
+                        // next scrape rather than show without its header.
+                        let headed = apps.iter().any(|app| has_samples(&series(app)));
+                        if headed {
                             exposition::header(&mut head, family.name, family.help, family.kind);
                         }
-                        let chunks = (0..apps.len()).step_by(APPS_PER_CHUNK).map(move |first| {
+                        let pieces = if headed { apps.len() } else { 0 };
+                        let chunks = (0..pieces).step_by(APPS_PER_CHUNK).map(move |first| {
                             let mut out = String::new();
                             for app in apps[first..].iter().take(APPS_PER_CHUNK) {
                                 render_app_series(&mut out, family.name, app, series(app));
