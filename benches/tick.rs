@@ -136,14 +136,19 @@ fn created(v: &serde_json::Value) -> DateTime<Utc> {
         .unwrap()
 }
 
-/// The upper bound of the bucket that holds the 99th percentile of `savepointd_schedule_lateness_seconds`.
-async fn lateness_p99(port: u16) -> String {
-    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+/// The daemon's `/metrics` text.
+async fn scrape(port: u16) -> String {
+    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// The upper bound of the bucket that holds the 99th percentile of `savepointd_schedule_lateness_seconds`.
+async fn lateness_p99(port: u16) -> String {
+    let text = scrape(port).await;
     let buckets: Vec<(String, f64)> = text
         .lines()
         .filter_map(|l| l.strip_prefix("savepointd_schedule_lateness_seconds_bucket{le=\""))
@@ -236,12 +241,7 @@ async fn idle(world: &World) -> String {
     // What Prometheus does to it: a scrape every 15 s renders every series.
     let mut series = 0;
     for _ in 0..3 {
-        let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = scrape(port).await;
         series = text.lines().filter(|l| !l.starts_with('#')).count();
     }
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -59,7 +59,7 @@ pub async fn prune(
 ) -> Result<Report, platform::Error> {
     let c = &app.config;
     let history = {
-        let _permit = permit(app).await;
+        let _permit = app.permit().await;
         app.platform.list(target).await?
     };
     let plan = retention::plan(&history, &c.retention, &c.name, c.timezone, Utc::now());
@@ -149,13 +149,6 @@ pub async fn prune(
     Ok(report)
 }
 
-async fn permit(app: &App) -> tokio::sync::SemaphorePermit<'_> {
-    app.permits
-        .acquire()
-        .await
-        .expect("semaphore is never closed")
-}
-
 /// One deletion under a platform permit, logged and counted; `None` when it was not started because
 /// shutdown began or this replica stopped leading.
 async fn delete(
@@ -164,7 +157,7 @@ async fn delete(
     d: &retention::Decision,
     shutdown: &CancellationToken,
 ) -> Option<Result<Deletion, platform::Error>> {
-    let _permit = permit(app).await;
+    let _permit = app.permit().await;
     if shutdown.is_cancelled() || !app.mandate.holds() {
         return None;
     }

@@ -409,11 +409,7 @@ async fn attempts(
         // Held from the look at the platform's records to the savepoint's end, so that at most
         // maxConcurrent runs of the platform are past their guard, and a run that has a permit is not
         // queued behind the lists of runs that wait for one.
-        let permit = app
-            .permits
-            .acquire()
-            .await
-            .expect("semaphore is never closed");
+        let permit = app.permit().await;
         let history = match app.platform.list(target).await {
             Ok(h) => h,
             Err(e) => {
@@ -579,11 +575,7 @@ async fn trigger(
 
 /// Follows a savepoint found in flight (adopted) under a platform permit.
 async fn follow(app: &App, target: &Target, savepoint: Savepoint) -> Result<Outcome, Failure> {
-    let _permit = app
-        .permits
-        .acquire()
-        .await
-        .expect("semaphore is never closed");
+    let _permit = app.permit().await;
     follow_held(app, target, savepoint, None).await
 }
 
@@ -761,11 +753,7 @@ pub async fn recover(app: &App) {
         }
         // Under a platform permit, like a run: a thousand applications starting at once would otherwise
         // all hold a request in flight (and its buffers) while they queue for a connection.
-        let permit = app
-            .permits
-            .acquire()
-            .await
-            .expect("semaphore is never closed");
+        let permit = app.permit().await;
         let listed = app.platform.list(&target).await;
         drop(permit);
         let history = match listed {

@@ -42,6 +42,16 @@ pub struct App {
     pub last_duration: std::sync::Mutex<Option<std::time::Duration>>,
 }
 
+impl App {
+    /// One of the platform's `maxConcurrent` permits, shared by runs, recoveries and retention.
+    pub async fn permit(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.permits
+            .acquire()
+            .await
+            .expect("semaphore is never closed")
+    }
+}
+
 pub struct Runtime {
     pub apps: Vec<Arc<App>>,
     /// One client per configured platform, in config order.

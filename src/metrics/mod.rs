@@ -421,11 +421,6 @@ impl Metrics {
             })
             .filter(|chunk| !chunk.is_empty())
     }
-
-    /// The whole exposition as one text.
-    pub fn render(&self) -> String {
-        self.exposition().collect()
-    }
 }
 
 /// How many applications one streamed piece of `/metrics` holds: about 40 KB of text.
@@ -591,6 +586,10 @@ impl AppMetrics {
 mod tests {
     use super::*;
 
+    fn render(m: &Metrics) -> String {
+        m.exposition().collect()
+    }
+
     #[test]
     fn last_success_only_moves_forward() {
         let m = Metrics::new();
@@ -598,7 +597,7 @@ mod tests {
         a.last_success("2026-11-20T01:00:00Z".parse().unwrap());
         a.last_success("2026-11-19T01:00:00Z".parse().unwrap());
         assert!(
-            m.render()
+            render(&m)
                 .contains("savepointd_savepoint_last_success_timestamp_seconds{application=\"orders\",platform=\"vvp\"} 1795136400\n")
         );
     }
@@ -615,7 +614,7 @@ mod tests {
     fn an_application_has_every_reason_at_zero_from_the_start() {
         let m = Metrics::new();
         m.app("orders", "vvp").failure("timeout");
-        let text = m.render();
+        let text = render(&m);
         for reason in Failure::CATEGORIES {
             let zero_or_one = if reason == "timeout" { 1 } else { 0 };
             let line = format!(
